@@ -1,0 +1,376 @@
+//! Checked views of the caller's memory.
+//!
+//! The exported functions build these from raw C arguments, checking what the spec forbids
+//! (a NULL pointer with a non-zero length, a NULL length or handle pointer) and answering
+//! `CKR_ARGUMENTS_BAD` before any backend sees the call. A view keeps the caller's original
+//! pointer, so the upstream backend forwards exactly what the application passed (NULL output
+//! buffers for length queries, in-out mechanism parameters such as a GCM IV the HSM writes back),
+//! while a Rust backend reads and writes through safe methods.
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use pkcs11_sys::*;
+
+use crate::error::{Error, Result};
+
+/// An input byte buffer (`pData`, `ulDataLen`): non-NULL unless empty.
+#[derive(Debug, Clone, Copy)]
+pub struct InBuf<'a> {
+    ptr: *const u8,
+    len: CK_ULONG,
+    _caller: PhantomData<&'a [u8]>,
+}
+
+impl<'a> InBuf<'a> {
+    /// # Safety
+    /// When `ptr` is not NULL it must point to `len` readable bytes that stay valid and
+    /// unmodified for `'a` (the PKCS#11 contract for input buffers during a call).
+    pub unsafe fn new(ptr: *const u8, len: CK_ULONG) -> Result<Self> {
+        if ptr.is_null() && len != 0 {
+            return Err(Error::ArgumentsBad);
+        }
+        Ok(InBuf {
+            ptr,
+            len,
+            _caller: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> CK_ULONG {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The caller's bytes.
+    pub fn as_slice(&self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: non-NULL with `len` readable bytes valid for 'a, as `new`'s contract requires.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+
+    /// The caller's pointer as it was passed (NULL stays NULL), for forwarding.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr as *mut u8
+    }
+}
+
+/// An output array with the two-call length convention (`pOut`, `pulOutLen`): a NULL `pOut`
+/// asks for the length; a short buffer gets `CKR_BUFFER_TOO_SMALL` and the length needed.
+#[derive(Debug)]
+pub struct OutBuf<'a, T = u8> {
+    ptr: *mut T,
+    len: &'a mut CK_ULONG,
+}
+
+impl<'a, T: Copy> OutBuf<'a, T> {
+    /// # Safety
+    /// `len`, when not NULL, must point to a writable `CK_ULONG`; `ptr`, when not NULL, to
+    /// `*len` writable elements; both valid for `'a`.
+    pub unsafe fn new(ptr: *mut T, len: *mut CK_ULONG) -> Result<Self> {
+        // SAFETY: `len` is valid and writable when not NULL, per this function's contract.
+        let len = unsafe { len.as_mut() }.ok_or(Error::ArgumentsBad)?;
+        Ok(OutBuf { ptr, len })
+    }
+
+    /// The caller's pointers as passed, for forwarding.
+    pub fn as_raw(&mut self) -> (*mut T, *mut CK_ULONG) {
+        (self.ptr, self.len as *mut CK_ULONG)
+    }
+
+    /// Answers with `data` by the spec's convention (PKCS#11 2.40 §5.2).
+    pub fn put(&mut self, data: &[T]) -> Result<()> {
+        let needed = data.len() as CK_ULONG;
+        if self.ptr.is_null() {
+            *self.len = needed;
+            return Ok(());
+        }
+        if *self.len < needed {
+            *self.len = needed;
+            return Err(Error::BufferTooSmall);
+        }
+        // SAFETY: `ptr` has room for `*len >= data.len()` elements (contract of `new`), and
+        // caller memory cannot overlap our own `data`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr, data.len()) };
+        *self.len = needed;
+        Ok(())
+    }
+}
+
+/// A fixed-size output byte buffer (`C_GenerateRandom`'s `pRandomData`, `ulRandomLen`).
+#[derive(Debug)]
+pub struct MutBuf<'a> {
+    ptr: *mut u8,
+    len: CK_ULONG,
+    _caller: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> MutBuf<'a> {
+    /// # Safety
+    /// When `ptr` is not NULL it must point to `len` writable bytes valid for `'a`.
+    pub unsafe fn new(ptr: *mut u8, len: CK_ULONG) -> Result<Self> {
+        if ptr.is_null() && len != 0 {
+            return Err(Error::ArgumentsBad);
+        }
+        Ok(MutBuf {
+            ptr,
+            len,
+            _caller: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> CK_ULONG {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: non-NULL with `len` writable bytes valid for 'a, per `new`'s contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len as usize) }
+    }
+
+    pub fn as_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+/// An attribute template (`pTemplate`, `ulCount`): non-NULL unless empty. The attribute values
+/// stay the caller's; `C_GetAttributeValue` writes into them.
+#[derive(Debug)]
+pub struct Template<'a> {
+    ptr: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    _caller: PhantomData<&'a mut [CK_ATTRIBUTE]>,
+}
+
+impl<'a> Template<'a> {
+    /// # Safety
+    /// When `ptr` is not NULL it must point to `count` `CK_ATTRIBUTE`s valid for `'a`, each
+    /// `pValue` pointing to `ulValueLen` bytes or NULL.
+    pub unsafe fn new(ptr: *mut CK_ATTRIBUTE, count: CK_ULONG) -> Result<Self> {
+        if ptr.is_null() && count != 0 {
+            return Err(Error::ArgumentsBad);
+        }
+        Ok(Template {
+            ptr,
+            count,
+            _caller: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> CK_ULONG {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The attribute headers (type, pointer, length).
+    pub fn attributes(&self) -> &[CK_ATTRIBUTE] {
+        if self.ptr.is_null() || self.count == 0 {
+            return &[];
+        }
+        // SAFETY: `count` valid attributes at `ptr` for 'a, per `new`'s contract.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.count as usize) }
+    }
+
+    /// The value of the attribute of type `ty`, if present with a non-NULL value.
+    pub fn value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
+        let a = self.attributes().iter().find(|a| a.type_ == ty)?;
+        if a.pValue.is_null() {
+            return None;
+        }
+        // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.
+        Some(unsafe { std::slice::from_raw_parts(a.pValue as *const u8, a.ulValueLen as usize) })
+    }
+
+    pub fn as_ptr(&self) -> *mut CK_ATTRIBUTE {
+        self.ptr
+    }
+}
+
+/// A mechanism (`pMechanism`): never NULL. Its parameter block is forwarded as the caller's
+/// pointer, so parameters the token writes back (a generated IV) reach the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Mechanism<'a> {
+    raw: &'a CK_MECHANISM,
+}
+
+impl<'a> Mechanism<'a> {
+    /// # Safety
+    /// When `ptr` is not NULL it must point to a `CK_MECHANISM` valid for `'a`.
+    pub unsafe fn new(ptr: *const CK_MECHANISM) -> Result<Self> {
+        // SAFETY: valid when not NULL, per this function's contract.
+        let raw = unsafe { ptr.as_ref() }.ok_or(Error::ArgumentsBad)?;
+        if raw.pParameter.is_null() && raw.ulParameterLen != 0 {
+            return Err(Error::ArgumentsBad);
+        }
+        Ok(Mechanism { raw })
+    }
+
+    pub fn mechanism_type(&self) -> CK_MECHANISM_TYPE {
+        self.raw.mechanism
+    }
+
+    pub fn parameter_len(&self) -> CK_ULONG {
+        self.raw.ulParameterLen
+    }
+
+    pub fn as_ptr(&self) -> *mut CK_MECHANISM {
+        self.raw as *const CK_MECHANISM as *mut CK_MECHANISM
+    }
+}
+
+/// A 3.0 message parameter block (`pParameter`, `ulParameterLen`), forwarded as given: its
+/// layout depends on the mechanism and the token may write into it.
+#[derive(Debug, Clone, Copy)]
+pub struct Param<'a> {
+    ptr: *mut c_void,
+    len: CK_ULONG,
+    _caller: PhantomData<&'a mut [u8]>,
+}
+
+impl Param<'_> {
+    /// Wraps the pointer without reading it; the backend that forwards it is responsible.
+    pub fn new(ptr: *mut c_void, len: CK_ULONG) -> Self {
+        Param {
+            ptr,
+            len,
+            _caller: PhantomData,
+        }
+    }
+
+    pub fn as_raw(&self) -> (*mut c_void, CK_ULONG) {
+        (self.ptr, self.len)
+    }
+}
+
+/// The signature argument of the 3.0 message sign/verify functions. Its pointers pass through
+/// as given: in `C_SignMessageNext` both may be NULL until the last part.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageSignature<'a> {
+    ptr: *mut u8,
+    direction: SignatureDirection,
+    _caller: PhantomData<&'a mut [u8]>,
+}
+
+/// Whether a [`MessageSignature`] is produced (signing) or checked (verifying).
+#[derive(Debug, Clone, Copy)]
+pub enum SignatureDirection {
+    /// Signing: the caller's length pointer (may be NULL before the last part).
+    Produce(*mut CK_ULONG),
+    /// Verifying: the signature's length.
+    Check(CK_ULONG),
+}
+
+impl MessageSignature<'_> {
+    /// # Safety
+    /// The pointers must be valid as the 3.0 message function they come from specifies.
+    pub unsafe fn new(ptr: *mut u8, direction: SignatureDirection) -> Self {
+        MessageSignature {
+            ptr,
+            direction,
+            _caller: PhantomData,
+        }
+    }
+
+    /// The caller's pointer and direction, for forwarding.
+    pub fn as_raw(&self) -> (*mut u8, SignatureDirection) {
+        (self.ptr, self.direction)
+    }
+}
+
+/// A single output value (`CK_SLOT_INFO *`, `CK_SESSION_HANDLE *`, ...): never NULL.
+///
+/// # Safety
+/// When `ptr` is not NULL it must point to a writable `T` valid for `'a`.
+pub unsafe fn out<'a, T>(ptr: *mut T) -> Result<&'a mut T> {
+    // SAFETY: valid and writable when not NULL, per this function's contract.
+    unsafe { ptr.as_mut() }.ok_or(Error::ArgumentsBad)
+}
+
+/// An output array of fixed capacity (`C_FindObjects`' `phObject`, `ulMaxObjectCount`): never
+/// NULL, even when empty.
+///
+/// # Safety
+/// When `ptr` is not NULL it must point to `len` writable elements valid for `'a`.
+pub unsafe fn out_slice<'a, T>(ptr: *mut T, len: CK_ULONG) -> Result<&'a mut [T]> {
+    if ptr.is_null() {
+        return Err(Error::ArgumentsBad);
+    }
+    // SAFETY: non-NULL with `len` writable elements valid for 'a, per this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) })
+}
+
+/// A fixed 32-byte, blank-padded label (`C_InitToken`'s `pLabel`): never NULL.
+///
+/// # Safety
+/// When `ptr` is not NULL it must point to 32 readable bytes valid for `'a`.
+pub unsafe fn label32<'a>(ptr: *const u8) -> Result<&'a [u8; 32]> {
+    // SAFETY: 32 readable bytes when not NULL, per this function's contract.
+    unsafe { (ptr as *const [u8; 32]).as_ref() }.ok_or(Error::ArgumentsBad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_with_length_is_refused_null_without_is_kept() {
+        // SAFETY: NULL pointers are never dereferenced by `new`.
+        unsafe {
+            assert_eq!(
+                InBuf::new(std::ptr::null(), 4).unwrap_err(),
+                Error::ArgumentsBad
+            );
+            assert!(InBuf::new(std::ptr::null(), 0).unwrap().as_ptr().is_null());
+            assert_eq!(
+                OutBuf::<u8>::new(std::ptr::null_mut(), std::ptr::null_mut()).unwrap_err(),
+                Error::ArgumentsBad
+            );
+            assert_eq!(
+                Mechanism::new(std::ptr::null()).unwrap_err(),
+                Error::ArgumentsBad
+            );
+            assert_eq!(
+                Template::new(std::ptr::null_mut(), 1).unwrap_err(),
+                Error::ArgumentsBad
+            );
+        }
+    }
+
+    #[test]
+    fn put_follows_the_two_call_convention() {
+        let mut len: CK_ULONG = 0;
+        // SAFETY: `len` is a live local; the NULL data pointer asks for the length only.
+        let mut query = unsafe { OutBuf::<u8>::new(std::ptr::null_mut(), &mut len) }.unwrap();
+        query.put(b"abc").unwrap();
+        assert_eq!(len, 3);
+
+        let mut small = [0u8; 2];
+        let mut len: CK_ULONG = 2;
+        // SAFETY: `small` has `len` writable bytes.
+        let mut out = unsafe { OutBuf::new(small.as_mut_ptr(), &mut len) }.unwrap();
+        assert_eq!(out.put(b"abc").unwrap_err(), Error::BufferTooSmall);
+        assert_eq!(len, 3);
+
+        let mut big = [0u8; 8];
+        let mut len: CK_ULONG = 8;
+        // SAFETY: `big` has `len` writable bytes.
+        let mut out = unsafe { OutBuf::new(big.as_mut_ptr(), &mut len) }.unwrap();
+        out.put(b"abc").unwrap();
+        assert_eq!((len, &big[..3]), (3, &b"abc"[..]));
+    }
+}

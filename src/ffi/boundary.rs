@@ -1,0 +1,107 @@
+//! The boundary every exported function runs inside.
+//!
+//! [`guarded`] finds the current runtime (or answers `CKR_CRYPTOKI_NOT_INITIALIZED`), runs the
+//! function's body, maps its `Result` to a `CK_RV` through `Error::rv`, and catches any panic:
+//! since Rust 1.81 a panic escaping an `extern "C"` function aborts the host process, which
+//! would take Vault down. A caught panic is logged and answered with `CKR_GENERAL_ERROR`.
+//!
+//! At log level trace it writes one line per call: the function, its arguments and the result
+//! name. The argument text comes from a closure each function supplies, which lists handles,
+//! flags, lengths and mechanism names, and never a PIN or buffer contents; it only runs when
+//! trace is on, so the hot path pays one relaxed load for it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use pkcs11_sys::*;
+
+use crate::error::{Error, Result};
+use crate::names::{mechanism_name, rv_name};
+use crate::runtime::{self, Runtime};
+
+/// Runs `body` with the current runtime; see the module docs.
+#[inline(always)]
+pub fn guarded(
+    name: &'static str,
+    args: impl FnOnce() -> String,
+    body: impl FnOnce(&'static Runtime) -> Result<()>,
+) -> CK_RV {
+    let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
+    finish(name, args, result)
+}
+
+/// Like [`guarded`], for the functions that work without a runtime (`C_Initialize`,
+/// `C_GetFunctionList`, `C_GetInterfaceList`, `C_GetInterface`).
+#[inline(always)]
+pub fn guarded_uninit(
+    name: &'static str,
+    args: impl FnOnce() -> String,
+    body: impl FnOnce() -> Result<()>,
+) -> CK_RV {
+    let result = catch_unwind(AssertUnwindSafe(body));
+    finish(name, args, result)
+}
+
+#[inline(always)]
+fn finish(
+    name: &'static str,
+    args: impl FnOnce() -> String,
+    result: std::thread::Result<Result<()>>,
+) -> CK_RV {
+    let rv = match result {
+        Ok(Ok(())) => CKR_OK,
+        Ok(Err(e)) => e.rv(),
+        Err(payload) => panicked(name, payload),
+    };
+    if log::log_enabled!(log::Level::Trace) {
+        log::trace!("{name}({}) = {}", args(), rv_name(rv));
+    }
+    rv
+}
+
+#[cold]
+#[inline(never)]
+fn panicked(name: &'static str, payload: Box<dyn std::any::Any + Send>) -> CK_RV {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    log::error!("{name}: internal error ({what}); returning CKR_GENERAL_ERROR");
+    Error::Panic.rv()
+}
+
+/// Registers the fork handler, once per process. Called lazily from `C_GetFunctionList`,
+/// `C_GetInterface*` and `C_Initialize`: p11gate has no global constructors.
+pub fn install_fork_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a child handler that only performs an atomic store; no prepare or
+        // parent handlers. pthread_atfork has no other preconditions.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+        if rc != 0 {
+            log::warn!(
+                "pthread_atfork failed ({rc}): a forked child would not be told to re-initialise"
+            );
+        }
+    });
+}
+
+extern "C" fn atfork_child() {
+    runtime::forked_child();
+}
+
+/// Formats a mechanism argument for a trace line.
+///
+/// # Safety
+/// `p` is NULL or points to a `CK_MECHANISM` for the duration of the call being traced.
+pub unsafe fn mechanism_arg(p: *const CK_MECHANISM) -> String {
+    // SAFETY: NULL or valid for the duration of the call, per this function's contract.
+    match unsafe { p.as_ref() } {
+        None => "NULL".into(),
+        Some(m) => match mechanism_name(m.mechanism) {
+            Some(n) => format!("{n} (param {} bytes)", m.ulParameterLen),
+            None => format!("{:#x} (param {} bytes)", m.mechanism, m.ulParameterLen),
+        },
+    }
+}

@@ -1,0 +1,384 @@
+//! Encryption, decryption and dual-function operations (PKCS#11 2.40 §5.8, §5.9, §5.13).
+//!
+//! Data and results are forwarded, never logged: trace lines carry only lengths.
+
+use pkcs11_sys::*;
+
+use crate::ffi::args::{InBuf, Mechanism, OutBuf};
+use crate::ffi::boundary::{guarded, mechanism_arg};
+
+/// C_EncryptInit — §5.8.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guarded(
+        "C_EncryptInit",
+        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.8).
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.8).
+            let m = unsafe { Mechanism::new(pMechanism) }?;
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend.encrypt_init(s.handle, m, hKey)
+        },
+    )
+}
+
+/// C_Encrypt — §5.8.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_Encrypt(
+    hSession: CK_SESSION_HANDLE,
+    pData: CK_BYTE_PTR,
+    ulDataLen: CK_ULONG,
+    pEncryptedData: CK_BYTE_PTR,
+    pulEncryptedDataLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_Encrypt",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulDataLen={ulDataLen}, pEncryptedData={pEncryptedData:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulDataLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.8).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pData, ulDataLen)?,
+                    OutBuf::new(pEncryptedData, pulEncryptedDataLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.encrypt(s.handle, input, output)
+        },
+    )
+}
+
+/// C_EncryptUpdate — §5.8.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pPart: CK_BYTE_PTR,
+    ulPartLen: CK_ULONG,
+    pEncryptedPart: CK_BYTE_PTR,
+    pulEncryptedPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_EncryptUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.8).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pPart, ulPartLen)?,
+                    OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.encrypt_update(s.handle, input, output)
+        },
+    )
+}
+
+/// C_EncryptFinal — §5.8.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptFinal(
+    hSession: CK_SESSION_HANDLE,
+    pLastEncryptedPart: CK_BYTE_PTR,
+    pulLastEncryptedPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_EncryptFinal",
+        || format!("hSession={hSession:#x}, pLastEncryptedPart={pLastEncryptedPart:?}"),
+        |rt| {
+            // SAFETY: the length is NULL or writable; the output NULL (length query) or has room
+            // for its length (§5.8).
+            let output = unsafe { OutBuf::new(pLastEncryptedPart, pulLastEncryptedPartLen) }?;
+            let s = rt.router.session(hSession)?;
+            s.backend.encrypt_final(s.handle, output)
+        },
+    )
+}
+
+/// C_DecryptInit — §5.9.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptInit(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hKey: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guarded(
+        "C_DecryptInit",
+        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.9).
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.9).
+            let m = unsafe { Mechanism::new(pMechanism) }?;
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend.decrypt_init(s.handle, m, hKey)
+        },
+    )
+}
+
+/// C_Decrypt — §5.9.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_Decrypt(
+    hSession: CK_SESSION_HANDLE,
+    pEncryptedData: CK_BYTE_PTR,
+    ulEncryptedDataLen: CK_ULONG,
+    pData: CK_BYTE_PTR,
+    pulDataLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_Decrypt",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulEncryptedDataLen={ulEncryptedDataLen}, pData={pData:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulEncryptedDataLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.9).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pEncryptedData, ulEncryptedDataLen)?,
+                    OutBuf::new(pData, pulDataLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.decrypt(s.handle, input, output)
+        },
+    )
+}
+
+/// C_DecryptUpdate — §5.9.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pEncryptedPart: CK_BYTE_PTR,
+    ulEncryptedPartLen: CK_ULONG,
+    pPart: CK_BYTE_PTR,
+    pulPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DecryptUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.9).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
+                    OutBuf::new(pPart, pulPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.decrypt_update(s.handle, input, output)
+        },
+    )
+}
+
+/// C_DecryptFinal — §5.9.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptFinal(
+    hSession: CK_SESSION_HANDLE,
+    pLastPart: CK_BYTE_PTR,
+    pulLastPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DecryptFinal",
+        || format!("hSession={hSession:#x}, pLastPart={pLastPart:?}"),
+        |rt| {
+            // SAFETY: the length is NULL or writable; the output NULL (length query) or has room
+            // for its length (§5.9).
+            let output = unsafe { OutBuf::new(pLastPart, pulLastPartLen) }?;
+            let s = rt.router.session(hSession)?;
+            s.backend.decrypt_final(s.handle, output)
+        },
+    )
+}
+
+/// C_DigestEncryptUpdate — §5.13.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestEncryptUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pPart: CK_BYTE_PTR,
+    ulPartLen: CK_ULONG,
+    pEncryptedPart: CK_BYTE_PTR,
+    pulEncryptedPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DigestEncryptUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pPart, ulPartLen)?,
+                    OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.digest_encrypt_update(s.handle, input, output)
+        },
+    )
+}
+
+/// C_DecryptDigestUpdate — §5.13.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptDigestUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pEncryptedPart: CK_BYTE_PTR,
+    ulEncryptedPartLen: CK_ULONG,
+    pPart: CK_BYTE_PTR,
+    pulPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DecryptDigestUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
+                    OutBuf::new(pPart, pulPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.decrypt_digest_update(s.handle, input, output)
+        },
+    )
+}
+
+/// C_SignEncryptUpdate — §5.13.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_SignEncryptUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pPart: CK_BYTE_PTR,
+    ulPartLen: CK_ULONG,
+    pEncryptedPart: CK_BYTE_PTR,
+    pulEncryptedPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_SignEncryptUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pPart, ulPartLen)?,
+                    OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.sign_encrypt_update(s.handle, input, output)
+        },
+    )
+}
+
+/// C_DecryptVerifyUpdate — §5.13.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptVerifyUpdate(
+    hSession: CK_SESSION_HANDLE,
+    pEncryptedPart: CK_BYTE_PTR,
+    ulEncryptedPartLen: CK_ULONG,
+    pPart: CK_BYTE_PTR,
+    pulPartLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DecryptVerifyUpdate",
+        || {
+            format!(
+                "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
+            )
+        },
+        |rt| {
+            // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
+            // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
+            let (input, output) = unsafe {
+                (
+                    InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
+                    OutBuf::new(pPart, pulPartLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            s.backend.decrypt_verify_update(s.handle, input, output)
+        },
+    )
+}

@@ -1,0 +1,208 @@
+//! Key management (PKCS#11 2.40 §5.14). Key values never pass through p11gate's logs: wrapped
+//! keys are forwarded as buffers, trace lines carry handles and lengths.
+
+use pkcs11_sys::*;
+
+use crate::ffi::args::{out, InBuf, Mechanism, OutBuf, Template};
+use crate::ffi::boundary::{guarded, mechanism_arg};
+
+/// C_GenerateKey — §5.14.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKey(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+    phKey: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    guarded(
+        "C_GenerateKey",
+        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, ulCount={ulCount}",
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism NULL or a CK_MECHANISM; pTemplate NULL or ulCount attributes;
+            // phKey NULL or writable (§5.14).
+            let (m, t, key) = unsafe {
+                (
+                    Mechanism::new(pMechanism)?,
+                    Template::new(pTemplate, ulCount)?,
+                    out(phKey)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend.generate_key(s.handle, m, t, key)
+        },
+    )
+}
+
+/// C_GenerateKeyPair — §5.14.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKeyPair(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    pPublicKeyTemplate: CK_ATTRIBUTE_PTR,
+    ulPublicKeyAttributeCount: CK_ULONG,
+    pPrivateKeyTemplate: CK_ATTRIBUTE_PTR,
+    ulPrivateKeyAttributeCount: CK_ULONG,
+    phPublicKey: CK_OBJECT_HANDLE_PTR,
+    phPrivateKey: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    guarded(
+        "C_GenerateKeyPair",
+        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
+        || {
+            format!("hSession={hSession:#x}, pMechanism={}", unsafe {
+                mechanism_arg(pMechanism)
+            })
+        },
+        |rt| {
+            // SAFETY: pMechanism NULL or a CK_MECHANISM; each template NULL or its count of
+            // attributes; the handle pointers NULL or writable (§5.14).
+            let (m, public, private, public_key, private_key) = unsafe {
+                (
+                    Mechanism::new(pMechanism)?,
+                    Template::new(pPublicKeyTemplate, ulPublicKeyAttributeCount)?,
+                    Template::new(pPrivateKeyTemplate, ulPrivateKeyAttributeCount)?,
+                    out(phPublicKey)?,
+                    out(phPrivateKey)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend
+                .generate_key_pair(s.handle, m, public, private, public_key, private_key)
+        },
+    )
+}
+
+/// C_WrapKey — §5.14.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_WrapKey(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hWrappingKey: CK_OBJECT_HANDLE,
+    hKey: CK_OBJECT_HANDLE,
+    pWrappedKey: CK_BYTE_PTR,
+    pulWrappedKeyLen: CK_ULONG_PTR,
+) -> CK_RV {
+    guarded(
+        "C_WrapKey",
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, hWrappingKey={hWrappingKey:#x}, hKey={hKey:#x}",
+                // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism NULL or a CK_MECHANISM; the length NULL or writable, the buffer
+            // NULL (length query) or room for its length (§5.14).
+            let (m, wrapped) = unsafe {
+                (
+                    Mechanism::new(pMechanism)?,
+                    OutBuf::new(pWrappedKey, pulWrappedKeyLen)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend.wrap_key(s.handle, m, hWrappingKey, hKey, wrapped)
+        },
+    )
+}
+
+/// C_UnwrapKey — §5.14.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_UnwrapKey(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hUnwrappingKey: CK_OBJECT_HANDLE,
+    pWrappedKey: CK_BYTE_PTR,
+    ulWrappedKeyLen: CK_ULONG,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulAttributeCount: CK_ULONG,
+    phKey: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    guarded(
+        "C_UnwrapKey",
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, hUnwrappingKey={hUnwrappingKey:#x}, ulWrappedKeyLen={ulWrappedKeyLen}",
+                // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism NULL or a CK_MECHANISM; the wrapped key NULL or its length in
+            // bytes; pTemplate NULL or ulAttributeCount attributes; phKey NULL or writable (§5.14).
+            let (m, wrapped, t, key) = unsafe {
+                (
+                    Mechanism::new(pMechanism)?,
+                    InBuf::new(pWrappedKey, ulWrappedKeyLen)?,
+                    Template::new(pTemplate, ulAttributeCount)?,
+                    out(phKey)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend
+                .unwrap_key(s.handle, m, hUnwrappingKey, wrapped, t, key)
+        },
+    )
+}
+
+/// C_DeriveKey — §5.14.
+///
+/// # Safety
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+#[no_mangle]
+pub unsafe extern "C" fn C_DeriveKey(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: CK_MECHANISM_PTR,
+    hBaseKey: CK_OBJECT_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulAttributeCount: CK_ULONG,
+    phKey: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    guarded(
+        "C_DeriveKey",
+        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
+        || {
+            format!(
+                "hSession={hSession:#x}, pMechanism={}, hBaseKey={hBaseKey:#x}",
+                unsafe { mechanism_arg(pMechanism) }
+            )
+        },
+        |rt| {
+            // SAFETY: pMechanism NULL or a CK_MECHANISM; pTemplate NULL or ulAttributeCount
+            // attributes; phKey NULL or writable (§5.14).
+            let (m, t, key) = unsafe {
+                (
+                    Mechanism::new(pMechanism)?,
+                    Template::new(pTemplate, ulAttributeCount)?,
+                    out(phKey)?,
+                )
+            };
+            let s = rt.router.session(hSession)?;
+            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.backend.derive_key(s.handle, m, hBaseKey, t, key)
+        },
+    )
+}

@@ -1,0 +1,12 @@
+//! The C surface: the only place with `extern "C"` and `#[no_mangle]`, and (with the upstream
+//! loader) the only place with `unsafe`.
+//!
+//! - [`boundary`]: the wrapper every exported function runs in (panics, initialisation, tracing).
+//! - [`args`]: checked views of the caller's pointers.
+//! - [`tables`]: p11gate's own static function lists and interfaces.
+//! - [`fns`]: the exported functions, one file per chapter of the spec.
+
+pub mod args;
+pub mod boundary;
+pub mod fns;
+pub mod tables;

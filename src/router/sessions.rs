@@ -1,0 +1,313 @@
+//! Virtual session handles, looked up without a lock.
+//!
+//! Every session an application opens gets a p11gate handle that names an entry in this table;
+//! the entry holds the backend's own handle, the backend's index and the virtual slot. Lookups
+//! happen on every call (Vault's seal wrap calls `C_Encrypt`/`C_Decrypt` from many threads), so
+//! they take no lock and write no shared memory: an entry is a small seqlock, read with two
+//! loads of its state word around the field reads. Opening and closing (rare) claim entries
+//! with compare-and-swap, so there is no lock to be left held by a thread that vanished in
+//! `fork()` either.
+//!
+//! A handle is `generation << INDEX_BITS | index`. The generation (1..=MAX_GENERATION) changes
+//! every time an entry is reused, so a stale or forged handle is refused rather than reaching
+//! some other session. Handles stay below 2^31 for clients that keep them in 32-bit integers.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use once_cell::sync::OnceCell;
+use pkcs11_sys::{CK_SESSION_HANDLE, CK_SLOT_ID};
+
+use crate::error::{Error, Result};
+
+const INDEX_BITS: u32 = 18;
+const CHUNK_BITS: u32 = 10;
+const CHUNK_LEN: usize = 1 << CHUNK_BITS;
+const CHUNKS: usize = 1 << (INDEX_BITS - CHUNK_BITS);
+/// The most sessions open at once through one p11gate runtime (262,144).
+pub const MAX_SESSIONS: usize = 1 << INDEX_BITS;
+const MAX_GENERATION: u64 = (1 << 13) - 1;
+
+// An entry's state word: generation << 2 | flags.
+const OPEN: u64 = 1;
+const CLAIMED: u64 = 2;
+const FLAGS: u64 = OPEN | CLAIMED;
+
+/// Where a virtual session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRoute {
+    pub backend: usize,
+    pub handle: CK_SESSION_HANDLE,
+    pub slot: CK_SLOT_ID,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    state: AtomicU64,
+    handle: AtomicU64,
+    slot: AtomicU64,
+    backend: AtomicU32,
+}
+
+/// The table of open sessions of one runtime.
+#[derive(Debug)]
+pub struct SessionTable {
+    chunks: Box<[OnceCell<Box<[Entry]>>]>,
+    /// Entries ever used; all below it are allocated.
+    used: AtomicUsize,
+    /// Where the next search for a free entry starts, so reuse rotates through the table.
+    hint: AtomicUsize,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable {
+            chunks: (0..CHUNKS).map(|_| OnceCell::new()).collect(),
+            used: AtomicUsize::new(0),
+            hint: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn generation_of(state: u64) -> u64 {
+    (state >> 2) % MAX_GENERATION + 1
+}
+
+impl SessionTable {
+    fn entry(&self, index: usize) -> Option<&Entry> {
+        self.chunks
+            .get(index >> CHUNK_BITS)?
+            .get()
+            .map(|c| &c[index & (CHUNK_LEN - 1)])
+    }
+
+    fn entry_or_alloc(&self, index: usize) -> &Entry {
+        let chunk = self.chunks[index >> CHUNK_BITS]
+            .get_or_init(|| (0..CHUNK_LEN).map(|_| Entry::default()).collect());
+        &chunk[index & (CHUNK_LEN - 1)]
+    }
+
+    /// The route of a virtual handle, or `CKR_SESSION_HANDLE_INVALID`.
+    #[inline]
+    pub fn get(&self, handle: CK_SESSION_HANDLE) -> Result<SessionRoute> {
+        let index = (handle & ((1 << INDEX_BITS) - 1)) as usize;
+        let generation = handle >> INDEX_BITS;
+        let entry = self.entry(index).ok_or(Error::SessionHandleInvalid)?;
+        let state = entry.state.load(Ordering::Acquire);
+        if state & FLAGS != OPEN || generation_of(state) != generation {
+            return Err(Error::SessionHandleInvalid);
+        }
+        let route = SessionRoute {
+            backend: entry.backend.load(Ordering::Relaxed) as usize,
+            handle: entry.handle.load(Ordering::Relaxed),
+            slot: entry.slot.load(Ordering::Relaxed),
+        };
+        // Seqlock check: if the entry was closed and reused while we read, refuse.
+        fence(Ordering::Acquire);
+        if entry.state.load(Ordering::Relaxed) != state {
+            return Err(Error::SessionHandleInvalid);
+        }
+        Ok(route)
+    }
+
+    /// Records an open backend session and returns its new virtual handle.
+    pub fn insert(&self, route: SessionRoute) -> Result<CK_SESSION_HANDLE> {
+        let used = self.used.load(Ordering::Acquire);
+        let start = self.hint.load(Ordering::Relaxed);
+        for i in 0..used {
+            let index = (start + i) % used;
+            if let Some(h) = self.try_claim(index, route) {
+                self.hint.store(index + 1, Ordering::Relaxed);
+                return Ok(h);
+            }
+        }
+        loop {
+            let index = self.used.load(Ordering::Acquire);
+            if index >= MAX_SESSIONS {
+                return Err(Error::SessionCount);
+            }
+            self.entry_or_alloc(index);
+            if self
+                .used
+                .compare_exchange(index, index + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if let Some(h) = self.try_claim(index, route) {
+                    return Ok(h);
+                }
+            }
+        }
+    }
+
+    fn try_claim(&self, index: usize, route: SessionRoute) -> Option<CK_SESSION_HANDLE> {
+        let entry = self.entry(index)?;
+        let state = entry.state.load(Ordering::Relaxed);
+        if state & FLAGS != 0 {
+            return None;
+        }
+        entry
+            .state
+            .compare_exchange(state, state | CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        // Seqlock write side: the claim above is visible before the new fields.
+        fence(Ordering::Release);
+        entry.handle.store(route.handle, Ordering::Relaxed);
+        entry.slot.store(route.slot, Ordering::Relaxed);
+        entry.backend.store(route.backend as u32, Ordering::Relaxed);
+        entry
+            .state
+            .store((state & !FLAGS) | OPEN, Ordering::Release);
+        Some(generation_of(state) << INDEX_BITS | index as u64)
+    }
+
+    /// Forgets a virtual handle (after the backend closed it). Returns whether it was open.
+    pub fn remove(&self, handle: CK_SESSION_HANDLE) -> bool {
+        let index = (handle & ((1 << INDEX_BITS) - 1)) as usize;
+        let Some(entry) = self.entry(index) else {
+            return false;
+        };
+        let state = entry.state.load(Ordering::Acquire);
+        if state & FLAGS != OPEN || generation_of(state) != handle >> INDEX_BITS {
+            return false;
+        }
+        let closed = ((state >> 2) + 1) << 2;
+        entry
+            .state
+            .compare_exchange(state, closed, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Forgets every session that `matches`, returning their virtual handles.
+    pub fn remove_where(&self, matches: impl Fn(&SessionRoute) -> bool) -> Vec<CK_SESSION_HANDLE> {
+        let mut removed = Vec::new();
+        for index in 0..self.used.load(Ordering::Acquire) {
+            let Some(entry) = self.entry(index) else {
+                continue;
+            };
+            let state = entry.state.load(Ordering::Acquire);
+            if state & FLAGS != OPEN {
+                continue;
+            }
+            let handle = generation_of(state) << INDEX_BITS | index as u64;
+            if let Ok(route) = self.get(handle) {
+                if matches(&route) && self.remove(handle) {
+                    removed.push(handle);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Every open session, for C_Finalize.
+    pub fn open_routes(&self) -> Vec<SessionRoute> {
+        let mut routes = Vec::new();
+        for index in 0..self.used.load(Ordering::Acquire) {
+            let Some(entry) = self.entry(index) else {
+                continue;
+            };
+            let state = entry.state.load(Ordering::Acquire);
+            if state & FLAGS == OPEN {
+                if let Ok(r) = self.get(generation_of(state) << INDEX_BITS | index as u64) {
+                    routes.push(r);
+                }
+            }
+        }
+        routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(h: u64) -> SessionRoute {
+        SessionRoute {
+            backend: 0,
+            handle: h,
+            slot: 7,
+        }
+    }
+
+    #[test]
+    fn insert_get_remove() {
+        let t = SessionTable::default();
+        let a = t.insert(route(100)).unwrap();
+        let b = t.insert(route(200)).unwrap();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(t.get(a).unwrap(), route(100));
+        assert_eq!(t.get(b).unwrap(), route(200));
+        assert!(t.remove(a));
+        assert!(!t.remove(a));
+        assert_eq!(t.get(a), Err(Error::SessionHandleInvalid));
+        assert_eq!(t.get(0), Err(Error::SessionHandleInvalid));
+        assert_eq!(t.get(u64::MAX), Err(Error::SessionHandleInvalid));
+    }
+
+    #[test]
+    fn a_stale_handle_never_reaches_the_session_that_reused_its_entry() {
+        let t = SessionTable::default();
+        let a = t.insert(route(1)).unwrap();
+        t.remove(a);
+        let b = t.insert(route(2)).unwrap();
+        assert_eq!(
+            a & ((1 << INDEX_BITS) - 1),
+            b & ((1 << INDEX_BITS) - 1),
+            "same entry reused"
+        );
+        assert_ne!(a, b);
+        assert_eq!(t.get(a), Err(Error::SessionHandleInvalid));
+        assert_eq!(t.get(b).unwrap().handle, 2);
+        assert!(b < 1 << 31);
+    }
+
+    #[test]
+    fn remove_where_and_open_routes() {
+        let t = SessionTable::default();
+        let hs: Vec<_> = (0..10)
+            .map(|i| {
+                t.insert(SessionRoute {
+                    backend: 0,
+                    handle: i,
+                    slot: i % 2,
+                })
+                .unwrap()
+            })
+            .collect();
+        let removed = t.remove_where(|r| r.slot == 1);
+        assert_eq!(removed.len(), 5);
+        assert_eq!(t.open_routes().len(), 5);
+        assert!(t.open_routes().iter().all(|r| r.slot == 0));
+        assert_eq!(t.get(hs[1]), Err(Error::SessionHandleInvalid));
+        assert_eq!(t.get(hs[2]).unwrap().handle, 2);
+    }
+
+    #[test]
+    fn concurrent_open_use_close() {
+        let t = std::sync::Arc::new(SessionTable::default());
+        let threads: Vec<_> = (0..8u64)
+            .map(|n| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let real = n << 32 | i;
+                        let h = t
+                            .insert(SessionRoute {
+                                backend: n as usize,
+                                handle: real,
+                                slot: n,
+                            })
+                            .unwrap();
+                        let r = t.get(h).unwrap();
+                        assert_eq!((r.handle, r.slot, r.backend), (real, n, n as usize));
+                        assert!(t.remove(h));
+                        assert_eq!(t.get(h), Err(Error::SessionHandleInvalid));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(t.open_routes().is_empty());
+    }
+}

@@ -1,0 +1,212 @@
+//! The lifecycle: `C_Initialize`, `C_Finalize`, `fork()`, and the runtime every call uses.
+//!
+//! A [`Runtime`] is everything derived from one configuration: backends, router, policy. It is
+//! immutable once built (the session table inside is lock-free), and it is never freed: a call
+//! still running on another thread while the application finalises keeps valid memory, and the
+//! per-call cost of finding the runtime is one atomic load (no reference count, no lock, no
+//! shared write). Runtimes are interned by configuration, so Vault's finalise/re-initialise
+//! cycle after errors reuses the same one and memory stays flat; only a process that is
+//! re-initialised under more than [`MAX_RUNTIMES`] distinct configurations is refused.
+//!
+//! `C_Initialize` and `C_Finalize` hold no lock while they call backends: a state word moves
+//! from "not initialised" to "busy" to "runtime N" with compare-and-swap. After `fork()` the
+//! child's hook stores "not initialised" (one atomic store, safe in a fork handler), so the
+//! child gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it initialises again.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use once_cell::sync::OnceCell;
+
+use crate::backend::upstream::Upstream;
+use crate::backend::{Backend, InitArgs};
+use crate::config::{Config, LogConfig, LogLevel, LogTarget, Source};
+use crate::error::{Error, Result};
+use crate::logging;
+use crate::names::rv_name;
+use crate::policy::Policy;
+use crate::router::Router;
+
+/// How many distinct configurations one process may initialise with.
+pub const MAX_RUNTIMES: usize = 32;
+const NOT_INITIALIZED: usize = 0;
+const BUSY: usize = usize::MAX;
+
+/// Everything one configuration produces.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub router: Router,
+    pub policy: Policy,
+}
+
+static RUNTIMES: [OnceCell<Runtime>; MAX_RUNTIMES] = [const { OnceCell::new() }; MAX_RUNTIMES];
+/// How many of `RUNTIMES` are filled; only changed while the state is `BUSY`.
+static CREATED: AtomicUsize = AtomicUsize::new(0);
+/// `NOT_INITIALIZED`, `BUSY`, or the index of the current runtime plus one.
+static STATE: AtomicUsize = AtomicUsize::new(NOT_INITIALIZED);
+
+/// The current runtime, or `CKR_CRYPTOKI_NOT_INITIALIZED`.
+#[inline(always)]
+pub fn current() -> Result<&'static Runtime> {
+    let state = STATE.load(Ordering::Acquire);
+    // NOT_INITIALIZED wraps to usize::MAX and BUSY to usize::MAX - 1: both out of range.
+    RUNTIMES
+        .get(state.wrapping_sub(1))
+        .and_then(OnceCell::get)
+        .ok_or(Error::NotInitialized)
+}
+
+/// `C_Initialize` after its arguments were checked.
+pub fn initialize(args: InitArgs) -> Result<()> {
+    if STATE
+        .compare_exchange(NOT_INITIALIZED, BUSY, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(Error::AlreadyInitialized);
+    }
+    match start(args) {
+        Ok(index) => {
+            STATE.store(index + 1, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            STATE.store(NOT_INITIALIZED, Ordering::Release);
+            Err(e)
+        }
+    }
+}
+
+fn start(args: InitArgs) -> Result<usize> {
+    let getenv = |k: &str| std::env::var(k).ok();
+    let (config, source) = Config::discover(getenv).inspect_err(|e| {
+        // The file could not be used: log where the environment says, then say why.
+        logging::configure(&log_config_from_env(getenv));
+        log::error!("{e}");
+    })?;
+    if let Some(problem) = logging::configure(&config.log) {
+        log::warn!("{problem}");
+    }
+    let index = runtime_for(&config, &source).inspect_err(|e| log::error!("{e}"))?;
+    let rt = RUNTIMES[index].get().ok_or(Error::NotInitialized)?;
+    // A fresh start: in a child after fork() these are the parent's sessions.
+    rt.router.forget_sessions();
+    let backends = rt.router.backends();
+    for (i, backend) in backends.iter().enumerate() {
+        if let Err(e) = backend.initialize(&args) {
+            log::error!(
+                "upstream {}: C_Initialize returned {}",
+                backend.name(),
+                rv_name(e.rv())
+            );
+            for earlier in &backends[..i] {
+                let _ = earlier.finalize();
+            }
+            return Err(e);
+        }
+    }
+    log::info!(
+        "initialised: config {}, upstreams {}",
+        match &source {
+            Source::File(p) => p.display().to_string(),
+            Source::NoFile(p) => format!("{} (absent; environment only)", p.display()),
+        },
+        backends
+            .iter()
+            .map(|b| b.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(index)
+}
+
+/// Finds the runtime built from an equal configuration, or builds one.
+fn runtime_for(config: &Config, source: &Source) -> Result<usize> {
+    let created = CREATED.load(Ordering::Acquire);
+    if let Some(i) =
+        (0..created).find(|&i| RUNTIMES[i].get().is_some_and(|rt| rt.config == *config))
+    {
+        return Ok(i);
+    }
+    if created == MAX_RUNTIMES {
+        return Err(Error::setup(format!(
+            "this process was already initialised under {MAX_RUNTIMES} different configurations; \
+             restart it to use another"
+        )));
+    }
+    let upstream = Upstream::load(config.upstream(source)?)?;
+    let backends: Vec<Box<dyn Backend>> = vec![Box::new(upstream)];
+    let runtime = Runtime {
+        config: config.clone(),
+        router: Router::new(backends),
+        policy: Policy::default(),
+    };
+    RUNTIMES[created]
+        .set(runtime)
+        .map_err(|_| Error::setup("runtime slot already in use"))?;
+    CREATED.store(created + 1, Ordering::Release);
+    Ok(created)
+}
+
+/// `C_Finalize`: closes p11gate's sessions and finalises the backends it initialised. The
+/// first backend error is returned as the backend gave it; p11gate is finalised either way.
+pub fn finalize() -> Result<()> {
+    let state = STATE.load(Ordering::Acquire);
+    if state == NOT_INITIALIZED || state == BUSY {
+        return Err(Error::NotInitialized);
+    }
+    if STATE
+        .compare_exchange(state, BUSY, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(Error::NotInitialized);
+    }
+    let rt = RUNTIMES[state - 1].get().ok_or(Error::NotInitialized)?;
+    rt.router.close_everything();
+    let mut result = Ok(());
+    for backend in rt.router.backends() {
+        if let Err(e) = backend.finalize() {
+            log::warn!(
+                "upstream {}: C_Finalize returned {}",
+                backend.name(),
+                rv_name(e.rv())
+            );
+            result = result.and(Err(e));
+        }
+    }
+    STATE.store(NOT_INITIALIZED, Ordering::Release);
+    log::info!("finalised");
+    result
+}
+
+/// Runs in the child right after `fork()` (from a `pthread_atfork` handler): only an atomic
+/// store, which is async-signal-safe.
+pub fn forked_child() {
+    STATE.store(NOT_INITIALIZED, Ordering::Release);
+}
+
+/// Whether the upstream this process would use offers PKCS#11 3.0. Asked by
+/// `C_GetInterfaceList` / `C_GetInterface`, which applications call before `C_Initialize`,
+/// so the module may be loaded (not initialised) here. Any problem means "no": C_Initialize
+/// reports it properly.
+pub fn offers_3_0() -> bool {
+    if let Ok(rt) = current() {
+        return rt.router.backends().iter().all(|b| b.capabilities().v3_0);
+    }
+    let Ok((config, source)) = Config::discover(|k| std::env::var(k).ok()) else {
+        return false;
+    };
+    let Ok(upstream) = config.upstream(&source) else {
+        return false;
+    };
+    crate::backend::upstream::Module::load(&upstream.path).is_ok_and(|m| m.has_3_0())
+}
+
+fn log_config_from_env(getenv: impl Fn(&str) -> Option<String>) -> LogConfig {
+    use crate::config::env;
+    LogConfig {
+        level: getenv(env::LOG_LEVEL).and_then(|l| LogLevel::parse(&l)),
+        target: getenv(env::LOG)
+            .filter(|t| !t.is_empty())
+            .map(LogTarget::from),
+    }
+}

@@ -1,0 +1,133 @@
+//! Shared fixtures for the black-box tests: where the built `libp11gate.so` is, real SoftHSMv2
+//! tokens in a temporary directory, and serialisation of in-process module use.
+//!
+//! Every test loads the built cdylib (never the rlib), exactly as a client would.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// The cdylib cargo built beside this test binary (`target/<profile>/libp11gate.so`).
+pub fn module() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/libp11gate.so
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let so = profile_dir.join("libp11gate.so");
+    assert!(
+        so.exists(),
+        "{} not built (cargo builds it with the tests)",
+        so.display()
+    );
+    so
+}
+
+/// SoftHSMv2's module as Debian installs it.
+pub fn softhsm_module() -> PathBuf {
+    for p in [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("SoftHSMv2 is not installed: run scripts/test.sh, which installs softhsm2")
+}
+
+/// A program the tests need, or a panic that says how to get it.
+pub fn require_program(name: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && !path.is_empty(),
+        "{name} is not installed: run scripts/test.sh, which installs it"
+    );
+    PathBuf::from(path)
+}
+
+pub const SO_PIN: &str = "so-secret-8812";
+pub const USER_PIN: &str = "user-secret-4471";
+
+/// A private SoftHSMv2 installation: its own token directory and SOFTHSM2_CONF.
+pub struct SoftHsm {
+    dir: tempfile::TempDir,
+    pub conf: PathBuf,
+}
+
+impl SoftHsm {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).expect("mkdir tokens");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        SoftHsm { dir, conf }
+    }
+
+    /// Initialises a token in the first free slot with [`SO_PIN`] and [`USER_PIN`].
+    pub fn init_token(&self, label: &str) -> &Self {
+        let out = Command::new(require_program("softhsm2-util"))
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+                "--pin",
+                USER_PIN,
+            ])
+            .output()
+            .expect("softhsm2-util");
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Environment that points SoftHSMv2 at this installation and p11gate at SoftHSMv2.
+    pub fn gate_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
+            (
+                "P11GATE_UPSTREAM".into(),
+                softhsm_module().display().to_string(),
+            ),
+            ("P11GATE_LOG".into(), "stderr".into()),
+            ("P11GATE_CONFIG".into(), "/nonexistent/p11gate.toml".into()),
+        ]
+    }
+}
+
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+/// A PKCS#11 module is process-global state: tests in one binary that load a module in-process
+/// take this lock, set their environment, and finalise before they release it.
+pub fn in_process(env: &[(String, String)]) -> MutexGuard<'static, ()> {
+    let guard = IN_PROCESS.lock();
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    guard
+}
