@@ -168,7 +168,9 @@ impl Config {
             let path = PathBuf::from(upstream);
             config.upstreams = vec![UpstreamConfig {
                 // Named after the file (libsofthsm2), for log lines.
-                name: path.file_stem().map_or_else(|| "upstream".into(), |s| s.to_string_lossy().into_owned()),
+                name: path
+                    .file_stem()
+                    .map_or_else(|| "upstream".into(), |s| s.to_string_lossy().into_owned()),
                 path,
                 init_args: None,
             }];

@@ -62,10 +62,14 @@ pub fn configure(config: &LogConfig) -> Option<String> {
     problem
 }
 
-/// Installs the logger with defaults if nothing has configured it yet (before `C_Initialize`).
+/// Installs the logger with defaults if nothing has configured it yet (before `C_Initialize`),
+/// and a panic hook that reports panics through it. The hook belongs to this cdylib's own copy
+/// of the standard library, so the host's panic handling is untouched; the boundary then turns
+/// the panic into CKR_GENERAL_ERROR.
 pub fn ensure_installed() {
     if log::set_logger(&*LOGGER).is_ok() {
         log::set_max_level(DEFAULT_LEVEL.to_filter());
+        std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
     }
 }
 

@@ -298,7 +298,11 @@ impl Backend for Upstream {
             self.path().display(),
             self.module.v2.version.major,
             self.module.v2.version.minor,
-            if self.module.has_3_0() { ", 3.0 interface" } else { "" }
+            if self.module.has_3_0() {
+                ", 3.0 interface"
+            } else {
+                ""
+            }
         )
     }
 

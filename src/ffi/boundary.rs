@@ -105,3 +105,28 @@ pub unsafe fn mechanism_arg(p: *const CK_MECHANISM) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_general_error_and_never_unwinds_further() {
+        let rv = guarded_uninit("C_Test", String::new, || panic!("boom"));
+        assert_eq!(rv, CKR_GENERAL_ERROR);
+        let rv = guarded_uninit("C_Test", String::new, || -> Result<()> {
+            Err(Error::Backend(CKR_PIN_INCORRECT))
+        });
+        assert_eq!(rv, CKR_PIN_INCORRECT);
+    }
+
+    #[test]
+    fn every_runtime_function_is_not_initialized_before_c_initialize() {
+        let mut ran = false;
+        let rv = guarded("C_Test", String::new, |_| {
+            ran = true;
+            Ok(())
+        });
+        assert_eq!((rv, ran), (CKR_CRYPTOKI_NOT_INITIALIZED, false));
+    }
+}
