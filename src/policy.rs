@@ -1,9 +1,9 @@
 //! Policy: what a slot may be asked to do, decided before any backend sees the call.
 //!
 //! This is the seam the mechanism-filtering and key-policy capability fills in. Every exported
-//! function that takes a mechanism already asks [`Policy::check_mechanism`] first, and
-//! `C_GetMechanismList` goes through [`Policy::visible_mechanisms`], so a refusal here is a
-//! refusal everywhere. Today's policy allows everything and costs nothing (it inlines away).
+//! function that takes a mechanism already asks [`Policy::check_mechanism`] first, so a refusal
+//! here is a refusal everywhere. Today's policy allows everything and costs nothing (it inlines
+//! away).
 #![forbid(unsafe_code)]
 
 use pkcs11_sys::{CK_MECHANISM_TYPE, CK_SLOT_ID};
@@ -20,11 +20,5 @@ impl Policy {
     #[inline(always)]
     pub fn check_mechanism(&self, _slot: CK_SLOT_ID, _mechanism: CK_MECHANISM_TYPE) -> Result<()> {
         Ok(())
-    }
-
-    /// Whether `C_GetMechanismList` for `slot` shows mechanisms unchanged (no filtering).
-    #[inline(always)]
-    pub fn shows_all_mechanisms(&self, _slot: CK_SLOT_ID) -> bool {
-        true
     }
 }
