@@ -19,11 +19,12 @@ pub unsafe extern "C" fn C_EncryptInit(
 ) -> CK_RV {
     guarded(
         "C_EncryptInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.8).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -139,11 +140,12 @@ pub unsafe extern "C" fn C_DecryptInit(
 ) -> CK_RV {
     guarded(
         "C_DecryptInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.9).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {

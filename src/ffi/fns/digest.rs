@@ -16,11 +16,10 @@ pub unsafe extern "C" fn C_DigestInit(
 ) -> CK_RV {
     guarded(
         "C_DigestInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.10).
         || {
-            format!("hSession={hSession:#x}, pMechanism={}", unsafe {
-                mechanism_arg(pMechanism)
-            })
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
+            format!("hSession={hSession:#x}, pMechanism={}", mechanism)
         },
         |rt| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.10).

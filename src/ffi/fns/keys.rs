@@ -20,11 +20,12 @@ pub unsafe extern "C" fn C_GenerateKey(
 ) -> CK_RV {
     guarded(
         "C_GenerateKey",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, ulCount={ulCount}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -61,11 +62,10 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
 ) -> CK_RV {
     guarded(
         "C_GenerateKeyPair",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
         || {
-            format!("hSession={hSession:#x}, pMechanism={}", unsafe {
-                mechanism_arg(pMechanism)
-            })
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
+            format!("hSession={hSession:#x}, pMechanism={}", mechanism)
         },
         |rt| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; each template NULL or its count of
@@ -103,10 +103,11 @@ pub unsafe extern "C" fn C_WrapKey(
     guarded(
         "C_WrapKey",
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hWrappingKey={hWrappingKey:#x}, hKey={hKey:#x}",
-                // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -143,10 +144,11 @@ pub unsafe extern "C" fn C_UnwrapKey(
     guarded(
         "C_UnwrapKey",
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hUnwrappingKey={hUnwrappingKey:#x}, ulWrappedKeyLen={ulWrappedKeyLen}",
-                // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -183,11 +185,12 @@ pub unsafe extern "C" fn C_DeriveKey(
 ) -> CK_RV {
     guarded(
         "C_DeriveKey",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.14).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hBaseKey={hBaseKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {

@@ -72,11 +72,12 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
 ) -> CK_RV {
     guarded(
         "C_MessageEncryptInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call.
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -118,11 +119,12 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
 ) -> CK_RV {
     guarded(
         "C_MessageDecryptInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call.
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -164,11 +166,12 @@ pub unsafe extern "C" fn C_MessageSignInit(
 ) -> CK_RV {
     guarded(
         "C_MessageSignInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call.
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -209,11 +212,12 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
 ) -> CK_RV {
     guarded(
         "C_MessageVerifyInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call.
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {

@@ -17,11 +17,12 @@ pub unsafe extern "C" fn C_SignInit(
 ) -> CK_RV {
     guarded(
         "C_SignInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.11).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -121,11 +122,12 @@ pub unsafe extern "C" fn C_SignRecoverInit(
 ) -> CK_RV {
     guarded(
         "C_SignRecoverInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.11).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -180,11 +182,12 @@ pub unsafe extern "C" fn C_VerifyInit(
 ) -> CK_RV {
     guarded(
         "C_VerifyInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.12).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {
@@ -286,11 +289,12 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
 ) -> CK_RV {
     guarded(
         "C_VerifyRecoverInit",
-        // SAFETY: pMechanism is NULL or valid for the duration of this call (§5.12).
         || {
+            // SAFETY: pMechanism is NULL or valid for the duration of this call.
+            let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!(
                 "hSession={hSession:#x}, pMechanism={}, hKey={hKey:#x}",
-                unsafe { mechanism_arg(pMechanism) }
+                mechanism
             )
         },
         |rt| {

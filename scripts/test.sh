@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs p11gate's whole test suite: the one command for developers and CI.
+#
+# On a fresh Debian 12 machine (as root, or with sudo) it first installs the Debian packages the
+# tests use, but only those whose program is missing. Then: rustfmt check, clippy with warnings
+# as errors, every test target, and a build of the benches (built, not run: `cargo test
+# --all-targets` would run a `harness = false` bench's main(), so the benches are only built).
+#
+# All test binaries run even when one fails (--no-fail-fast), so a CI log shows every failure.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh pkcs11_tool` or
+# `scripts/test.sh -- --nocapture`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+run() {
+    printf '+ %s\n' "$*"
+    "$@"
+}
+
+# True when the program is on PATH or in an sbin directory (rsyslogd lives in /usr/sbin, which a
+# non-root PATH may lack).
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# program (or file) -> the Debian package that provides it
+declare -a missing=()
+need_program() {
+    if have "$1"; then
+        printf '  %-14s found (%s)\n' "$1" "$2"
+    else
+        printf '  %-14s missing: will install %s\n' "$1" "$2"
+        missing+=("$2")
+    fi
+}
+need_file() {
+    if [ -e "$1" ]; then
+        printf '  %-14s found (%s)\n' "$(basename "$1")" "$2"
+    else
+        printf '  %-14s missing: will install %s\n' "$(basename "$1")" "$2"
+        missing+=("$2")
+    fi
+}
+
+step "Checking the programs the tests need"
+need_program softhsm2-util softhsm2
+need_file /usr/lib/softhsm/libsofthsm2.so softhsm2
+need_program pkcs11-tool opensc
+need_program gcc gcc
+need_program valgrind valgrind
+need_program nm binutils
+need_program rsyslogd rsyslog
+need_program openssl openssl
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    # Deduplicate (softhsm2 may be listed twice).
+    mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo=(sudo)
+    fi
+    step "Installing missing Debian packages: ${packages[*]}"
+    run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+step "Versions"
+run cargo --version
+run rustc --version
+dpkg-query -W -f='  ${Package} ${Version}\n' softhsm2 opensc 2>/dev/null || true
+
+step "Formatting"
+run cargo fmt --all -- --check
+
+step "Lints"
+run cargo clippy --all-targets -- -D warnings
+
+step "Tests"
+run cargo test --no-fail-fast --lib --bins --tests "$@"
+
+step "Benches (build only)"
+run cargo build --benches
+
+step "All checks passed"
