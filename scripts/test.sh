@@ -48,6 +48,8 @@ step "Checking the programs the tests need"
 need_program softhsm2-util softhsm2
 need_file /usr/lib/softhsm/libsofthsm2.so softhsm2
 need_program pkcs11-tool opensc
+need_file /usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so opensc-pkcs11
+need_file /usr/include/p11-kit-1/p11-kit/pkcs11.h libp11-kit-dev
 need_program gcc gcc
 need_program valgrind valgrind
 need_program nm binutils

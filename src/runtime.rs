@@ -13,7 +13,7 @@
 //! child's hook stores "not initialised" (one atomic store, safe in a fork handler), so the
 //! child gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it initialises again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use once_cell::sync::OnceCell;
 
@@ -44,6 +44,8 @@ static RUNTIMES: [OnceCell<Runtime>; MAX_RUNTIMES] = [const { OnceCell::new() };
 static CREATED: AtomicUsize = AtomicUsize::new(0);
 /// `NOT_INITIALIZED`, `BUSY`, or the index of the current runtime plus one.
 static STATE: AtomicUsize = AtomicUsize::new(NOT_INITIALIZED);
+/// How many `fork()`s lie between the first process and this one (0 in the original process).
+static FORK_GENERATION: AtomicU32 = AtomicU32::new(0);
 
 /// The current runtime, or `CKR_CRYPTOKI_NOT_INITIALIZED`.
 #[inline(always)]
@@ -178,10 +180,17 @@ pub fn finalize() -> Result<()> {
     result
 }
 
-/// Runs in the child right after `fork()` (from a `pthread_atfork` handler): only an atomic
-/// store, which is async-signal-safe.
+/// Runs in the child right after `fork()` (from a `pthread_atfork` handler): only atomic
+/// stores, which are async-signal-safe.
 pub fn forked_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
     STATE.store(NOT_INITIALIZED, Ordering::Release);
+}
+
+/// This process's fork generation: it changes in a child after `fork()`, never in the parent.
+#[inline]
+pub fn fork_generation() -> u32 {
+    FORK_GENERATION.load(Ordering::Acquire)
 }
 
 /// Whether the upstream this process would use offers PKCS#11 3.0. Asked by

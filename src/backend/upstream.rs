@@ -13,14 +13,14 @@
 
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pkcs11_sys::*;
 
-use super::{Backend, Capabilities, InitArgs, MessageKind};
+use super::{Backend, Capabilities, InitArgs, MessageKind, MutexCallbacks};
 use crate::config::UpstreamConfig;
 use crate::error::{check, Error, Result};
 use crate::ffi::args::{
@@ -229,8 +229,11 @@ pub struct Upstream {
     init_args: Option<CString>,
     /// Whether our C_Initialize succeeded with CKR_OK, so that C_Finalize is ours to call. An
     /// upstream that answered CKR_CRYPTOKI_ALREADY_INITIALIZED belongs to someone else in this
-    /// process (or to the parent before a fork) and is left initialised.
+    /// process and is left initialised.
     initialized_by_us: AtomicBool,
+    /// The fork generation in which we initialised it: in a child after `fork()` the module
+    /// still holds the parent's state (sessions, login), which the child must not inherit.
+    initialized_in: AtomicU32,
 }
 
 impl Upstream {
@@ -249,6 +252,7 @@ impl Upstream {
             module: Module::load(&config.path)?,
             init_args,
             initialized_by_us: AtomicBool::new(false),
+            initialized_in: AtomicU32::new(0),
         })
     }
 
@@ -286,6 +290,52 @@ macro_rules! v3 {
     }};
 }
 
+impl Upstream {
+    fn initialize_with(&self, flags: CK_FLAGS, m: MutexCallbacks) -> Result<()> {
+        self.call_initialize(CK_C_INITIALIZE_ARGS {
+            CreateMutex: m.create,
+            DestroyMutex: m.destroy,
+            LockMutex: m.lock,
+            UnlockMutex: m.unlock,
+            flags,
+            pReserved: self.init_args_ptr(),
+        })
+    }
+
+    fn initialize_with_os_locking(&self, flags: CK_FLAGS) -> Result<()> {
+        self.call_initialize(CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags,
+            pReserved: self.init_args_ptr(),
+        })
+    }
+
+    fn call_initialize(&self, mut raw: CK_C_INITIALIZE_ARGS) -> Result<()> {
+        v2!(self.C_Initialize(&mut raw as *mut CK_C_INITIALIZE_ARGS as *mut c_void))
+    }
+
+    fn init_args_ptr(&self) -> *mut c_void {
+        self.init_args
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |a| a.as_ptr() as *mut c_void)
+    }
+}
+
+/// p11gate's fork-aware mutexes (see `ffi::mutex`), for upstreams of applications that did not
+/// supply their own.
+fn p11gate_mutexes() -> MutexCallbacks {
+    use crate::ffi::mutex;
+    MutexCallbacks {
+        create: Some(mutex::create_mutex),
+        destroy: Some(mutex::destroy_mutex),
+        lock: Some(mutex::lock_mutex),
+        unlock: Some(mutex::unlock_mutex),
+    }
+}
+
 impl Backend for Upstream {
     fn name(&self) -> &str {
         &self.name
@@ -313,20 +363,32 @@ impl Backend for Upstream {
     }
 
     fn initialize(&self, args: &InitArgs) -> Result<()> {
-        let mut raw = CK_C_INITIALIZE_ARGS {
-            CreateMutex: args.mutexes.and_then(|m| m.create),
-            DestroyMutex: args.mutexes.and_then(|m| m.destroy),
-            LockMutex: args.mutexes.and_then(|m| m.lock),
-            UnlockMutex: args.mutexes.and_then(|m| m.unlock),
-            flags: args.flags,
-            pReserved: self
-                .init_args
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |a| a.as_ptr() as *mut c_void),
+        let generation = crate::runtime::fork_generation();
+        if self.initialized_by_us.load(Ordering::Relaxed)
+            && self.initialized_in.load(Ordering::Relaxed) != generation
+        {
+            // A child after fork(): drop the parent's state so that the child starts clean
+            // (logged out, no sessions). Locks held by the parent's threads do not block this:
+            // they are p11gate's fork-aware mutexes.
+            log::info!(
+                "upstream {}: resetting the state inherited from the parent process after fork()",
+                self.name
+            );
+            let _ = v2!(self.C_Finalize(std::ptr::null_mut()));
+            self.initialized_by_us.store(false, Ordering::Relaxed);
+        }
+        let result = match args.mutexes {
+            Some(app) => self.initialize_with(args.flags, app),
+            None => match self.initialize_with(args.flags, p11gate_mutexes()) {
+                // A module that cannot use supplied mutex functions: its own OS locking then.
+                Err(Error::Backend(CKR_CANT_LOCK)) => self.initialize_with_os_locking(args.flags),
+                other => other,
+            },
         };
-        match v2!(self.C_Initialize(&mut raw as *mut CK_C_INITIALIZE_ARGS as *mut c_void)) {
+        match result {
             Ok(()) => {
                 self.initialized_by_us.store(true, Ordering::Relaxed);
+                self.initialized_in.store(generation, Ordering::Relaxed);
                 Ok(())
             }
             Err(Error::Backend(CKR_CRYPTOKI_ALREADY_INITIALIZED)) => {

@@ -5,8 +5,10 @@
 //! - [`args`]: checked views of the caller's pointers.
 //! - [`tables`]: p11gate's own static function lists and interfaces.
 //! - [`fns`]: the exported functions, one file per chapter of the spec.
+//! - [`mutex`]: fork-aware mutex callbacks p11gate gives its upstreams.
 
 pub mod args;
 pub mod boundary;
 pub mod fns;
+pub mod mutex;
 pub mod tables;

@@ -1,0 +1,463 @@
+//! A plain C application against the built module: `tests/c/client.c` (lifecycle, C_Initialize
+//! forms with real pthread mutex callbacks, C_GetInfo, NULL arguments, interfaces, a session with
+//! an AES round trip) and `tests/c/fork.c` (fork while four threads are inside the module).
+//!
+//! The programs are compiled with gcc (-Wall -Wextra -Werror) against `include/p11gate.h` and run as
+//! separate processes on a fresh SoftHSMv2 token, so each run gets its own module state. Every
+//! test asserts the exit status and the exact closing "N passed, 0 failed" line: a check that is
+//! silently skipped changes N.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{SoftHsm, USER_PIN};
+
+/// Checks `client -g -I 2` runs through p11gate with SoftHSMv2 as the upstream (also with
+/// pkcs11-spy in front of SoftHSMv2: the spy then offers only 2.x, as SoftHSMv2 does).
+const GATE_SOFTHSM_CHECKS: usize = 382;
+/// Checks `client -g -I 3 -n` runs through p11gate with pkcs11-spy in front of OpenSC (3.0).
+const GATE_3_0_TOKENLESS_CHECKS: usize = 275;
+/// Checks `client -g -I 2 -U` runs through p11gate when the upstream cannot be loaded.
+const GATE_NO_UPSTREAM_CHECKS: usize = 148;
+/// Checks `client -I 0` runs directly against SoftHSMv2 (no p11gate).
+const SOFTHSM_DIRECT_CHECKS: usize = 268;
+/// Checks of fork.c's parent and child.
+const FORK_PARENT_CHECKS: usize = 33;
+const FORK_CHILD_CHECKS: usize = 23;
+
+const PKCS11_SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
+const OPENSC: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so";
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Compiles `tests/c/<name>.c` into `dir/<name>` and returns the executable.
+fn compile(name: &str, dir: &Path) -> PathBuf {
+    let gcc = common::require_program("gcc");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/c").join(format!("{name}.c"));
+    let exe = dir.join(name);
+    let out = Command::new(gcc)
+        .args([
+            "-std=gnu11",
+            "-g",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+        ])
+        .arg(format!("-I{}", root.join("include").display()))
+        .args(p11kit_cflags())
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-ldl")
+        .output()
+        .expect("run gcc");
+    assert!(
+        out.status.success(),
+        "gcc {} failed (the PKCS#11 header comes from libp11-kit-dev):\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Include flags for `<p11-kit/pkcs11.h>`, which `include/p11gate.h` builds on.
+fn p11kit_cflags() -> Vec<String> {
+    let from_pkg_config = Command::new("pkg-config")
+        .args(["--cflags", "p11-kit-1"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        });
+    let flags = from_pkg_config.unwrap_or_else(|| vec!["-I/usr/include/p11-kit-1".to_string()]);
+    let header_found = flags
+        .iter()
+        .filter_map(|f| f.strip_prefix("-I"))
+        .any(|dir| Path::new(dir).join("p11-kit/pkcs11.h").exists());
+    assert!(
+        header_found,
+        "<p11-kit/pkcs11.h> not found: install libp11-kit-dev (scripts/test.sh does)"
+    );
+    flags
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn last_line(&self) -> &str {
+        self.stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+    }
+
+    /// The report shown when an assertion fails: the failed checks first, then everything.
+    fn report(&self) -> String {
+        let failures: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|l| l.contains("FAIL - "))
+            .collect();
+        format!(
+            "status: {}\nfailed checks:\n  {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            failures.join("\n  "),
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    /// Exit status 0 and the exact closing line.
+    fn assert_all_passed(&self, checks: usize) {
+        assert!(
+            self.status.success() && self.last_line() == format!("{checks} passed, 0 failed"),
+            "expected exit 0 and \"{checks} passed, 0 failed\", got \"{}\"\n{}",
+            self.last_line(),
+            self.report()
+        );
+    }
+}
+
+/// Runs `exe args` with `env` (and nothing of p11gate's from this process), with a timeout.
+fn run(exe: &Path, args: &[&str], env: &[(String, String)], dir: &Path) -> Run {
+    let out_path = dir.join(format!(
+        "{}.stdout",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
+    let err_path = dir.join(format!(
+        "{}.stderr",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("create stdout file"))
+        .stderr(File::create(&err_path).expect("create stderr file"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("P11GATE_") || k.starts_with("PKCS11SPY") || k == "SOFTHSM2_CONF" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = cmd.spawn().expect("spawn C client");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for C client") {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let status = child.wait().expect("wait for killed C client");
+            let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+            panic!(
+                "{} timed out after {TIMEOUT:?} ({status})\n{stdout}",
+                exe.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: std::fs::read_to_string(&out_path).expect("read stdout"),
+        stderr: std::fs::read_to_string(&err_path).expect("read stderr"),
+    }
+}
+
+fn with_pin(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    env.push(("P11_USER_PIN".into(), USER_PIN.into()));
+    env
+}
+
+/// The environment for SoftHSMv2 loaded directly (no p11gate).
+fn softhsm_env(hsm: &SoftHsm) -> Vec<(String, String)> {
+    with_pin(vec![(
+        "SOFTHSM2_CONF".into(),
+        hsm.conf.display().to_string(),
+    )])
+}
+
+fn module_arg() -> String {
+    common::module().display().to_string()
+}
+
+#[test]
+fn client_through_p11gate_with_softhsm_upstream() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-client");
+    let client = compile("client", hsm.dir());
+    let module = module_arg();
+    let run = run(
+        &client,
+        &["-g", "-I", "2", "-l", "c-client", &module],
+        &with_pin(hsm.gate_env()),
+        hsm.dir(),
+    );
+    run.assert_all_passed(GATE_SOFTHSM_CHECKS);
+    assert!(
+        !run.stdout.contains(USER_PIN) && !run.stderr.contains(USER_PIN),
+        "the user PIN appears in the output or the log"
+    );
+}
+
+#[test]
+fn client_directly_against_softhsm() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-direct");
+    let client = compile("client", hsm.dir());
+    let softhsm = common::softhsm_module().display().to_string();
+    let run = run(
+        &client,
+        &["-I", "0", "-l", "c-direct", &softhsm],
+        &softhsm_env(&hsm),
+        hsm.dir(),
+    );
+    run.assert_all_passed(SOFTHSM_DIRECT_CHECKS);
+}
+
+/// Without `-g` the client runs only the checks that hold for any module; p11gate in front of
+/// SoftHSMv2 must answer each of them exactly as SoftHSMv2 does (the interface checks differ by
+/// design: SoftHSMv2 2.6 exports no C_GetInterfaceList, p11gate always offers 2.40).
+#[test]
+fn p11gate_answers_the_common_checks_like_softhsm() {
+    fn common_checks(run: &Run) -> Vec<String> {
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL "))
+            .filter(|l| !l.contains("nterface") && !l.contains("PKCS 11"))
+            .map(|l| {
+                // "dlopen <path>" names the module.
+                if l.contains("dlopen ") {
+                    "dlopen".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect()
+    }
+
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-same");
+    let client = compile("client", hsm.dir());
+    let softhsm = common::softhsm_module().display().to_string();
+    let direct = run(
+        &client,
+        &["-I", "0", "-l", "c-same", &softhsm],
+        &softhsm_env(&hsm),
+        hsm.dir(),
+    );
+    direct.assert_all_passed(SOFTHSM_DIRECT_CHECKS);
+    let module = module_arg();
+    let gated = run(
+        &client,
+        &["-I", "2", "-l", "c-same", &module],
+        &with_pin(hsm.gate_env()),
+        hsm.dir(),
+    );
+    let (d, g) = (common_checks(&direct), common_checks(&gated));
+    let differences: Vec<String> = d
+        .iter()
+        .zip(g.iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("  softhsm: {a}\n  p11gate: {b}"))
+        .collect();
+    assert!(
+        differences.is_empty() && d.len() == g.len(),
+        "p11gate and SoftHSMv2 answer differently ({} vs {} checks):\n{}\n{}",
+        d.len(),
+        g.len(),
+        differences.join("\n"),
+        gated.report()
+    );
+    gated.assert_all_passed(
+        gated
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .count(),
+    );
+}
+
+/// The environment that puts pkcs11-spy (logging to `log`) between p11gate and `module`.
+fn spy_env(hsm: &SoftHsm, module: &str, log: &Path) -> Vec<(String, String)> {
+    for so in [PKCS11_SPY, module] {
+        assert!(
+            Path::new(so).exists(),
+            "{so} missing: install opensc-pkcs11 (scripts/test.sh does)"
+        );
+    }
+    let mut env = with_pin(hsm.gate_env());
+    env.retain(|(k, _)| k != "P11GATE_UPSTREAM");
+    env.push(("P11GATE_UPSTREAM".into(), PKCS11_SPY.into()));
+    env.push(("PKCS11SPY".into(), module.into()));
+    env.push(("PKCS11SPY_OUTPUT".into(), log.display().to_string()));
+    env
+}
+
+/// The functions whose calls, as pkcs11-spy logged them, returned `rv_name` from the upstream.
+fn spy_calls_returning(log: &str, rv_name: &str) -> Vec<String> {
+    let mut current = String::new();
+    let mut found = Vec::new();
+    for line in log.lines() {
+        // "<n>: C_Name" starts a call, "Returned:  <rv> <name>" ends it.
+        if let Some((n, name)) = line.split_once(": ") {
+            if n.chars().all(|c| c.is_ascii_digit()) && name.starts_with("C_") {
+                current = name.trim().to_string();
+            }
+        }
+        if line.starts_with("Returned:") && line.split_whitespace().any(|w| w == rv_name) {
+            found.push(current.clone());
+        }
+    }
+    found
+}
+
+/// pkcs11-spy mirrors the module behind it: in front of OpenSC (a 3.0 module) it offers
+/// "PKCS 11" 3.0, so p11gate must offer 3.0 too, before and after C_Initialize, and route the
+/// 3.0 functions. OpenSC has no token here (no reader), hence `-n`.
+#[test]
+fn p11gate_offers_pkcs11_3_0_when_the_upstream_does() {
+    let hsm = SoftHsm::new();
+    let client = compile("client", hsm.dir());
+    let spy_log = hsm.dir().join("spy.log");
+    let env = spy_env(&hsm, OPENSC, &spy_log);
+    let module = module_arg();
+    let run = run(&client, &["-g", "-I", "3", "-n", &module], &env, hsm.dir());
+    run.assert_all_passed(GATE_3_0_TOKENLESS_CHECKS);
+    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
+    assert!(
+        log.contains("C_GetInterface") && log.contains("C_Initialize"),
+        "p11gate did not negotiate through pkcs11-spy (its log {}):\n{log}",
+        spy_log.display()
+    );
+}
+
+/// pkcs11-spy in front of SoftHSMv2 offers only 2.x, so p11gate offers only 2.40; the whole
+/// client passes through the spy, and the spy's log proves that none of the NULL-argument calls
+/// the client makes reached the upstream (the one CKR_ARGUMENTS_BAD the upstream may return is
+/// its answer to p11gate's probe for a 3.0 interface).
+#[test]
+fn client_through_p11gate_with_pkcs11_spy_in_front_of_softhsm() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-spy");
+    let client = compile("client", hsm.dir());
+    let spy_log = hsm.dir().join("spy.log");
+    let softhsm = common::softhsm_module().display().to_string();
+    let env = spy_env(&hsm, &softhsm, &spy_log);
+    let module = module_arg();
+    let run = run(
+        &client,
+        &["-g", "-I", "2", "-l", "c-spy", &module],
+        &env,
+        hsm.dir(),
+    );
+    run.assert_all_passed(GATE_SOFTHSM_CHECKS);
+    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
+    assert!(
+        log.contains("C_Initialize") && log.contains("C_OpenSession") && log.contains("C_Encrypt"),
+        "the calls did not go through pkcs11-spy (its log {}):\n{log}",
+        spy_log.display()
+    );
+    let reached: Vec<String> = spy_calls_returning(&log, "CKR_ARGUMENTS_BAD")
+        .into_iter()
+        .filter(|f| f != "C_GetInterface")
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "calls with bad arguments reached the upstream: {reached:?}"
+    );
+}
+
+/// Through p11gate with SoftHSMv2 (2.40 only) as the upstream: "PKCS 11" 2.40 only. The full
+/// client run above checks the same with `-I 2`; this test isolates the interface lines so that a
+/// failure here points at interface negotiation rather than at anything else the client does.
+#[test]
+fn p11gate_offers_only_2_40_when_the_upstream_is_softhsm() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-240");
+    let client = compile("client", hsm.dir());
+    let module = module_arg();
+    let run = run(
+        &client,
+        &["-g", "-I", "2", "-l", "c-240", &module],
+        &with_pin(hsm.gate_env()),
+        hsm.dir(),
+    );
+    let interface_failures: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("nterface"))
+        .collect();
+    assert!(
+        interface_failures.is_empty(),
+        "interface checks failed:\n{}\n{}",
+        interface_failures.join("\n"),
+        run.report()
+    );
+    for line in [
+        "ok   - \"PKCS 11\" 2.40 is offered once (1)",
+        "ok   - \"PKCS 11\" 3.0 is not offered (0)",
+        "ok   - C_GetInterface(\"PKCS 11\", 3.0) (not offered) -> CKR_ARGUMENTS_BAD",
+        "ok   - initialised: \"PKCS 11\" 3.0 is not offered (0 listed)",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == line),
+            "missing \"{line}\"\n{}",
+            run.report()
+        );
+    }
+}
+
+#[test]
+fn missing_upstream_fails_c_initialize_and_says_why() {
+    let hsm = SoftHsm::new();
+    let client = compile("client", hsm.dir());
+    let mut env = hsm.gate_env();
+    env.retain(|(k, _)| k != "P11GATE_UPSTREAM" && k != "P11GATE_LOG");
+    env.push(("P11GATE_UPSTREAM".into(), "/nonexistent/x.so".into()));
+    env.push(("P11GATE_LOG".into(), "stderr".into()));
+    let module = module_arg();
+    let run = run(&client, &["-g", "-I", "2", "-U", &module], &env, hsm.dir());
+    run.assert_all_passed(GATE_NO_UPSTREAM_CHECKS);
+    assert!(
+        run.stderr
+            .contains("cannot load upstream /nonexistent/x.so:"),
+        "no \"cannot load upstream /nonexistent/x.so:\" in the log\n{}",
+        run.report()
+    );
+}
+
+#[test]
+fn fork_child_gets_not_initialized_until_it_initializes() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("c-fork");
+    let fork = compile("fork", hsm.dir());
+    let module = module_arg();
+    let run = run(
+        &fork,
+        &["-l", "c-fork", &module],
+        &with_pin(hsm.gate_env()),
+        hsm.dir(),
+    );
+    let child_line = format!("child: {FORK_CHILD_CHECKS} passed, 0 failed");
+    assert!(
+        run.stdout.lines().any(|l| l == child_line),
+        "expected \"{child_line}\" from the child\n{}",
+        run.report()
+    );
+    run.assert_all_passed(FORK_PARENT_CHECKS);
+}
