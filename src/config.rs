@@ -1,34 +1,57 @@
 //! Configuration: a TOML file plus environment overrides.
 //!
-//! Parsing ([`Config::parse`]) is separate from discovery ([`Config::discover`], which reads the
-//! environment and the file system), so both can be tested on their own. The file format is the
-//! one later capabilities extend (`[[slot]]`, `[[app]]`, `[policy]`, `[audit]`); unknown keys are
-//! refused so that a typo never silently changes behaviour.
+//! Parsing and checking ([`Config::parse`]) are separate from discovery ([`Config::discover`],
+//! which reads the environment and finds the file), so both can be tested on their own. Unknown
+//! keys are refused so that a typo never silently changes behaviour, and every error tied to a
+//! place in the file names it: `config /etc/p11gate/p11gate.toml:12: slot id 0 is used twice`.
+//! `p11gate config check` and `C_Initialize` run the very same checks.
 //!
 //! ```toml
+//! default_app = "vault-a"                  # P11GATE_APP overrides it
+//!
 //! [[upstream]]
-//! name = "hsm"                                   # used in logs
-//! path = "/usr/lib/softhsm/libsofthsm2.so"       # the vendor module
-//! # init_args = "configdir=/etc/vendor"          # passed as pReserved, for modules that want it
+//! name = "hsm"                             # used in logs and by [[slot]]
+//! path = "/usr/lib/softhsm/libsofthsm2.so" # the vendor module
+//! profiles = ["no-aes-gcm"]                # and/or allow = [...], deny = [...]
+//!
+//! [[slot]]
+//! id = 0                                   # the virtual slot id applications see
+//! upstream = "hsm"
+//! token_label = "vault-a"                  # or token_serial, or upstream_slot
+//! credential_file = "/etc/p11gate/a.pin"   # optional PIN mapping, with pin_hash
+//! pin_hash = "$argon2id$v=19$..."
+//! require_non_extractable = true
+//!
+//! [[app]]
+//! name = "vault-a"
+//! slots = [0]
 //!
 //! [log]
-//! level = "info"                                 # error | warn | info | debug | trace
-//! target = "syslog"                              # syslog | stderr | /path/to/file
+//! level = "info"                           # error | warn | info | debug | trace
+//! target = "syslog"                        # syslog | stderr | /path/to/file
 //! ```
 
 use std::path::{Path, PathBuf};
 
+use pkcs11_sys::{CK_MECHANISM_TYPE, CK_SLOT_ID};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use toml::Spanned;
 
+use crate::credentials::{self, CredentialSource};
 use crate::error::{Error, Result};
+use crate::policy::{self, MechanismFilter, SlotPolicy, PROFILES};
 
 /// Where the configuration file is when `P11GATE_CONFIG` does not say.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/p11gate/p11gate.toml";
+/// The app name when the configuration defines no `[[app]]`.
+pub const DEFAULT_APP_NAME: &str = "default";
 
 /// Environment variables p11gate reads (also documented in `include/p11gate.h`).
 pub mod env {
     pub const CONFIG: &str = "P11GATE_CONFIG";
     pub const UPSTREAM: &str = "P11GATE_UPSTREAM";
+    pub const APP: &str = "P11GATE_APP";
     pub const LOG: &str = "P11GATE_LOG";
     pub const LOG_LEVEL: &str = "P11GATE_LOG_LEVEL";
 }
@@ -37,9 +60,18 @@ pub mod env {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The app of a process that does not set `P11GATE_APP`.
+    #[serde(default)]
+    pub default_app: Option<Spanned<String>>,
     /// Vendor modules p11gate forwards to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Virtual slots. Without any, the one upstream's slots pass through unchanged.
+    #[serde(default, rename = "slot")]
+    pub slots: Vec<SlotConfig>,
+    /// Applications and the virtual slots each may use.
+    #[serde(default, rename = "app")]
+    pub apps: Vec<AppConfig>,
     /// Diagnostics (not the audit trail).
     #[serde(default)]
     pub log: LogConfig,
@@ -49,13 +81,141 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// A short name for logs.
-    pub name: String,
+    /// A short name for logs and `[[slot]]` entries.
+    pub name: Spanned<String>,
     /// Path of the module's shared library.
     pub path: PathBuf,
     /// Passed to the module's `C_Initialize` as `pReserved` (NSS-style module arguments).
     #[serde(default)]
     pub init_args: Option<String>,
+    /// Named mechanism rule sets (see `policy::PROFILES`).
+    #[serde(default)]
+    pub profiles: Vec<Spanned<String>>,
+    /// When present, only these mechanisms.
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Never these mechanisms.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+}
+
+/// The mechanism rules of an upstream or a slot, as written.
+#[derive(Debug, Clone, Copy)]
+pub struct MechanismRules<'a> {
+    pub profiles: &'a [Spanned<String>],
+    pub allow: Option<&'a [Spanned<String>]>,
+    pub deny: &'a [Spanned<String>],
+}
+
+impl UpstreamConfig {
+    pub fn rules(&self) -> MechanismRules<'_> {
+        MechanismRules {
+            profiles: &self.profiles,
+            allow: self.allow.as_deref(),
+            deny: &self.deny,
+        }
+    }
+}
+
+/// One virtual slot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// The slot id applications see; stable whatever the upstream does.
+    pub id: Spanned<SlotNumber>,
+    /// The `[[upstream]]` that serves it.
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub token_label: Option<String>,
+    #[serde(default)]
+    pub token_serial: Option<String>,
+    #[serde(default)]
+    pub upstream_slot: Option<SlotNumber>,
+    /// A file holding the upstream's credential.
+    #[serde(default)]
+    pub credential_file: Option<Spanned<PathBuf>>,
+    /// An environment variable holding the upstream's credential.
+    #[serde(default)]
+    pub credential_env: Option<String>,
+    /// The argon2 hash of the PIN applications log in with (`p11gate hash-pin`).
+    #[serde(default)]
+    pub pin_hash: Option<Spanned<String>>,
+    /// Named mechanism rule sets (see `policy::PROFILES`).
+    #[serde(default)]
+    pub profiles: Vec<Spanned<String>>,
+    /// When present, only these mechanisms.
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Never these mechanisms.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub require_non_extractable: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// One application.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub name: Spanned<String>,
+    /// The virtual slot ids it may use, in the order `C_GetSlotList` lists them.
+    #[serde(default)]
+    pub slots: Vec<Spanned<SlotNumber>>,
+}
+
+/// A slot id in the file: an integer, or a string (decimal or `0x` hex) for ids beyond what
+/// TOML integers hold (a full 64-bit CK_ULONG, as Luna uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotNumber(pub CK_SLOT_ID);
+
+impl<'de> Deserialize<'de> for SlotNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SlotNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a slot id: a non-negative integer, or a string such as \"0x1f\" or \"2305843009213693953\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<SlotNumber, E> {
+                u64::try_from(v)
+                    .map(SlotNumber)
+                    .map_err(|_| E::custom("a slot id cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<SlotNumber, E> {
+                Ok(SlotNumber(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<SlotNumber, E> {
+                let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => v.parse(),
+                };
+                parsed
+                    .map(SlotNumber)
+                    .map_err(|_| E::custom(format!("{v:?} is not a slot id")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a slot finds its token on the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenTarget {
+    Label(String),
+    Serial(String),
+    Slot(CK_SLOT_ID),
+}
+
+impl std::fmt::Display for TokenTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenTarget::Label(l) => write!(f, "token label {l:?}"),
+            TokenTarget::Serial(s) => write!(f, "token serial {s:?}"),
+            TokenTarget::Slot(id) => write!(f, "upstream slot {id:#x}"),
+        }
+    }
 }
 
 /// Diagnostic log settings.
@@ -124,7 +284,7 @@ impl From<String> for LogTarget {
     }
 }
 
-/// What [`Config::discover`] found, for the log line C_Initialize writes.
+/// What [`Config::discover`] found, for log lines and messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// Read from this file (and perhaps overridden by the environment).
@@ -133,18 +293,68 @@ pub enum Source {
     NoFile(PathBuf),
 }
 
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::File(p) | Source::NoFile(p) => p,
+        }
+    }
+}
+
+/// The application this process is, and the slots it may use (indices into `Config::slots`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub slots: Vec<usize>,
+}
+
+/// Errors tied to a place in the file: `config FILE:LINE: message`.
+struct Place<'a> {
+    origin: &'a Path,
+    text: &'a str,
+}
+
+impl Place<'_> {
+    fn at(&self, span: std::ops::Range<usize>, msg: impl std::fmt::Display) -> Error {
+        let line = self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        Error::setup(format!("config {}:{line}: {msg}", self.origin.display()))
+    }
+}
+
 impl Config {
-    /// Parses a configuration file's text. `origin` names it in error messages.
+    /// Parses and checks a configuration file's text. `origin` names it in error messages.
+    /// Credential files are checked on disk (they must exist and be private).
     pub fn parse(text: &str, origin: &Path) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            Error::setup(format!(
+        let place = Place { origin, text };
+        let config: Config = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => place.at(span, e.message()),
+            None => Error::setup(format!(
                 "config {}: {}",
                 origin.display(),
-                one_line(&e.to_string())
-            ))
+                one_line(e.message())
+            )),
         })?;
-        config.validate(origin)?;
+        config.check(&place)?;
         Ok(config)
+    }
+
+    /// Reads and checks the file at `path`; `None` when there is no file there.
+    pub fn load(path: &Path) -> Result<Option<Config>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let config = Config::parse(&text, path)?;
+                config.check_file_permissions(path)?;
+                Ok(Some(config))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::setup(format!(
+                "config {}: cannot read: {e}",
+                path.display()
+            ))),
+        }
     }
 
     /// Reads the configuration as the process's environment directs: the file named by
@@ -152,27 +362,31 @@ impl Config {
     /// `P11GATE_UPSTREAM`, `P11GATE_LOG` and `P11GATE_LOG_LEVEL`.
     pub fn discover(getenv: impl Fn(&str) -> Option<String>) -> Result<(Config, Source)> {
         let path = PathBuf::from(getenv(env::CONFIG).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()));
-        let (mut config, source) = match std::fs::read_to_string(&path) {
-            Ok(text) => (Config::parse(&text, &path)?, Source::File(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (Config::default(), Source::NoFile(path))
-            }
-            Err(e) => {
-                return Err(Error::setup(format!(
-                    "config {}: cannot read: {e}",
-                    path.display()
-                )))
-            }
+        let (mut config, source) = match Config::load(&path)? {
+            Some(config) => (config, Source::File(path)),
+            None => (Config::default(), Source::NoFile(path)),
         };
         if let Some(upstream) = getenv(env::UPSTREAM).filter(|s| !s.is_empty()) {
+            if !config.upstreams.is_empty() {
+                return Err(Error::setup(format!(
+                    "{} is set, but {} also has [[upstream]] entries: use one or the other",
+                    env::UPSTREAM,
+                    source.path().display()
+                )));
+            }
             let path = PathBuf::from(upstream);
             config.upstreams = vec![UpstreamConfig {
                 // Named after the file (libsofthsm2), for log lines.
-                name: path
-                    .file_stem()
-                    .map_or_else(|| "upstream".into(), |s| s.to_string_lossy().into_owned()),
+                name: Spanned::new(
+                    0..0,
+                    path.file_stem()
+                        .map_or_else(|| "upstream".into(), |s| s.to_string_lossy().into_owned()),
+                ),
                 path,
                 init_args: None,
+                profiles: Vec::new(),
+                allow: None,
+                deny: Vec::new(),
             }];
         }
         if let Some(level) = getenv(env::LOG_LEVEL).filter(|s| !s.is_empty()) {
@@ -186,53 +400,362 @@ impl Config {
         if let Some(target) = getenv(env::LOG).filter(|s| !s.is_empty()) {
             config.log.target = Some(LogTarget::from(target));
         }
-        Ok((config, source))
-    }
-
-    /// The one upstream this version serves. Slot mapping across several upstreams is a later
-    /// capability; until then a second upstream is refused rather than silently ignored.
-    pub fn upstream(&self, source: &Source) -> Result<&UpstreamConfig> {
-        match self.upstreams.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::setup(format!(
+        if config.upstreams.is_empty() {
+            return Err(Error::setup(format!(
                 "no upstream configured: set {} to a PKCS#11 module, or add an [[upstream]] with a path to {} \
                  (this build has no built-in soft token yet)",
                 env::UPSTREAM,
-                match source {
-                    Source::File(p) | Source::NoFile(p) => p.display().to_string(),
-                }
-            ))),
-            more => Err(Error::setup(format!(
-                "{} [[upstream]] entries configured, but this version serves exactly one \
-                 (several upstreams need [[slot]] mapping, not yet available)",
-                more.len()
-            ))),
+                source.path().display()
+            )));
+        }
+        Ok((config, source))
+    }
+
+    /// The app this process is: `P11GATE_APP`, else `default_app`, else (with no `[[app]]`
+    /// entries) every slot under the name "default".
+    pub fn select_app(&self, from_env: Option<&str>, source: &Source) -> Result<App> {
+        let name = from_env.filter(|s| !s.is_empty()).map(str::to_string);
+        if self.apps.is_empty() {
+            return Ok(App {
+                name: name.unwrap_or_else(|| DEFAULT_APP_NAME.to_string()),
+                slots: (0..self.slots.len()).collect(),
+            });
+        }
+        let from_env = name.is_some();
+        let name = name
+            .or_else(|| self.default_app.as_ref().map(|d| d.get_ref().clone()))
+            .ok_or_else(|| {
+                Error::setup(format!(
+                    "no app selected: set {} or default_app in {}",
+                    env::APP,
+                    source.path().display()
+                ))
+            })?;
+        let app = self
+            .apps
+            .iter()
+            .find(|a| *a.name.get_ref() == name)
+            .ok_or_else(|| {
+                Error::setup(if from_env {
+                    format!(
+                        "{}={name:?}: no [[app]] named {name:?} in {}",
+                        env::APP,
+                        source.path().display()
+                    )
+                } else {
+                    format!(
+                        "default_app {name:?}: no [[app]] named {name:?} in {}",
+                        source.path().display()
+                    )
+                })
+            })?;
+        let slots = app
+            .slots
+            .iter()
+            .filter_map(|id| {
+                self.slots
+                    .iter()
+                    .position(|s| s.id.get_ref() == id.get_ref())
+            })
+            .collect();
+        Ok(App { name, slots })
+    }
+
+    /// The index of the upstream named `name`.
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name.get_ref() == name)
+    }
+
+    /// The policy of slot `index`: its upstream's mechanism rules, then its own.
+    pub fn slot_policy(&self, index: usize) -> SlotPolicy {
+        let slot = &self.slots[index];
+        let mut mechanisms = MechanismFilter::default();
+        if let Some(u) = self.upstream_index(slot.upstream.get_ref()) {
+            let name = self.upstreams[u].name.get_ref();
+            add_rules(
+                &mut mechanisms,
+                self.upstreams[u].rules(),
+                &format!("upstream {name:?}"),
+            );
+        }
+        add_rules(
+            &mut mechanisms,
+            slot.rules(),
+            &format!("slot {}", slot.id.get_ref().0),
+        );
+        SlotPolicy {
+            mechanisms,
+            require_non_extractable: slot.require_non_extractable,
+            read_only: slot.read_only,
         }
     }
 
-    fn validate(&self, origin: &Path) -> Result<()> {
+    /// The policy of an upstream's slots when they pass through unmapped.
+    pub fn upstream_policy(&self, index: usize) -> SlotPolicy {
+        let mut mechanisms = MechanismFilter::default();
+        let u = &self.upstreams[index];
+        add_rules(
+            &mut mechanisms,
+            u.rules(),
+            &format!("upstream {:?}", u.name.get_ref()),
+        );
+        SlotPolicy {
+            mechanisms,
+            ..SlotPolicy::default()
+        }
+    }
+
+    fn check(&self, place: &Place<'_>) -> Result<()> {
         for (i, u) in self.upstreams.iter().enumerate() {
             if u.path.as_os_str().is_empty() {
-                return Err(Error::setup(format!(
-                    "config {}: [[upstream]] #{} ({:?}) has an empty path",
-                    origin.display(),
-                    i + 1,
-                    u.name
-                )));
+                return Err(place.at(
+                    u.name.span(),
+                    format_args!("upstream {:?} has an empty path", u.name.get_ref()),
+                ));
             }
-            if self.upstreams[..i].iter().any(|o| o.name == u.name) {
-                return Err(Error::setup(format!(
-                    "config {}: two [[upstream]] entries are named {:?}",
-                    origin.display(),
-                    u.name
-                )));
+            if let Some(first) = self.upstreams[..i]
+                .iter()
+                .find(|o| o.name.get_ref() == u.name.get_ref())
+            {
+                let line = place.text[..first.name.span().start].matches('\n').count() + 1;
+                return Err(place.at(
+                    u.name.span(),
+                    format_args!(
+                        "two [[upstream]] entries are named {:?} (first at line {line})",
+                        u.name.get_ref()
+                    ),
+                ));
             }
+            check_rules(u.rules(), place)?;
+        }
+        if self.slots.is_empty() && self.upstreams.len() > 1 {
+            return Err(place.at(
+                self.upstreams[1].name.span(),
+                format_args!(
+                    "{} [[upstream]] entries but no [[slot]]: several upstreams need [[slot]] entries saying which \
+                     token each virtual slot is",
+                    self.upstreams.len()
+                ),
+            ));
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            let id = s.id.get_ref().0;
+            if let Some(first) = self.slots[..i]
+                .iter()
+                .find(|o| o.id.get_ref() == s.id.get_ref())
+            {
+                let line = place.text[..first.id.span().start].matches('\n').count() + 1;
+                return Err(place.at(
+                    s.id.span(),
+                    format_args!("slot id {id} is used twice (first at line {line})"),
+                ));
+            }
+            if self.upstream_index(s.upstream.get_ref()).is_none() {
+                return Err(place.at(
+                    s.upstream.span(),
+                    format_args!(
+                        "slot {id}: no [[upstream]] named {:?}",
+                        s.upstream.get_ref()
+                    ),
+                ));
+            }
+            let targets = [
+                s.token_label.is_some(),
+                s.token_serial.is_some(),
+                s.upstream_slot.is_some(),
+            ];
+            if targets.iter().filter(|t| **t).count() != 1 {
+                return Err(place.at(
+                    s.id.span(),
+                    format_args!(
+                        "slot {id}: give exactly one of token_label, token_serial, upstream_slot"
+                    ),
+                ));
+            }
+            check_rules(s.rules(), place)?;
+            self.check_credential(s, place)?;
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            if let Some(first) = self.apps[..i]
+                .iter()
+                .find(|o| o.name.get_ref() == a.name.get_ref())
+            {
+                let line = place.text[..first.name.span().start].matches('\n').count() + 1;
+                return Err(place.at(
+                    a.name.span(),
+                    format_args!(
+                        "two [[app]] entries are named {:?} (first at line {line})",
+                        a.name.get_ref()
+                    ),
+                ));
+            }
+            for id in &a.slots {
+                if !self.slots.iter().any(|s| s.id.get_ref() == id.get_ref()) {
+                    return Err(place.at(
+                        id.span(),
+                        format_args!(
+                            "app {:?}: no [[slot]] with id {}",
+                            a.name.get_ref(),
+                            id.get_ref().0
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &self.default_app {
+            if !self.apps.iter().any(|a| a.name.get_ref() == d.get_ref()) {
+                return Err(place.at(
+                    d.span(),
+                    format_args!("default_app {:?}: no [[app]] with that name", d.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_credential(&self, s: &SlotConfig, place: &Place<'_>) -> Result<()> {
+        let id = s.id.get_ref().0;
+        if s.credential_file.is_some() && s.credential_env.is_some() {
+            return Err(place.at(
+                s.id.span(),
+                format_args!("slot {id}: give credential_file or credential_env, not both"),
+            ));
+        }
+        let has_credential = s.credential_file.is_some() || s.credential_env.is_some();
+        match (&s.pin_hash, has_credential) {
+            (None, true) => {
+                return Err(place.at(
+                    s.id.span(),
+                    format_args!(
+                        "slot {id}: a credential needs pin_hash (make one with `p11gate hash-pin`)"
+                    ),
+                ))
+            }
+            (Some(h), false) => {
+                return Err(place.at(
+                    h.span(),
+                    format_args!(
+                    "slot {id}: pin_hash needs a credential_file or credential_env to log in with"
+                ),
+                ))
+            }
+            (Some(h), true) => credentials::check_pin_hash(h.get_ref())
+                .map_err(|e| place.at(h.span(), format_args!("slot {id}: {e}")))?,
+            (None, false) => {}
+        }
+        if let Some(file) = &s.credential_file {
+            if !file.get_ref().is_absolute() {
+                return Err(place.at(
+                    file.span(),
+                    format_args!(
+                        "slot {id}: credential file {} must be an absolute path",
+                        file.get_ref().display()
+                    ),
+                ));
+            }
+            credentials::check_file_permissions(file.get_ref())
+                .map_err(|e| place.at(file.span(), format_args!("slot {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// A file that holds PIN hashes must not be readable by other users.
+    fn check_file_permissions(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if !self.slots.iter().any(|s| s.pin_hash.is_some()) {
+            return Ok(());
+        }
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o007 != 0 {
+            return Err(Error::setup(format!(
+                "config {}: holds PIN hashes and is accessible by others (mode {mode:04o}); chmod o-rwx it",
+                path.display()
+            )));
         }
         Ok(())
     }
 }
 
-/// Error texts from the TOML parser span lines; a log line must not.
+impl SlotConfig {
+    pub fn rules(&self) -> MechanismRules<'_> {
+        MechanismRules {
+            profiles: &self.profiles,
+            allow: self.allow.as_deref(),
+            deny: &self.deny,
+        }
+    }
+
+    /// How this slot finds its token (checked to be exactly one by [`Config::parse`]).
+    pub fn target(&self) -> TokenTarget {
+        match (&self.token_label, &self.token_serial, self.upstream_slot) {
+            (Some(l), _, _) => TokenTarget::Label(l.clone()),
+            (None, Some(s), _) => TokenTarget::Serial(s.clone()),
+            (None, None, Some(n)) => TokenTarget::Slot(n.0),
+            (None, None, None) => TokenTarget::Slot(self.id.get_ref().0),
+        }
+    }
+
+    /// Where this slot's upstream credential comes from, if it holds one.
+    pub fn credential_source(&self) -> Option<CredentialSource> {
+        match (&self.credential_file, &self.credential_env) {
+            (Some(f), _) => Some(CredentialSource::File(f.get_ref().clone())),
+            (None, Some(e)) => Some(CredentialSource::Env(e.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+fn check_rules(rules: MechanismRules<'_>, place: &Place<'_>) -> Result<()> {
+    for p in rules.profiles {
+        if policy::profile(p.get_ref()).is_none() {
+            let known: Vec<_> = PROFILES.iter().map(|p| p.name).collect();
+            return Err(place.at(
+                p.span(),
+                format_args!(
+                    "unknown profile {:?} (known: {})",
+                    p.get_ref(),
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    for m in rules.allow.into_iter().flatten().chain(rules.deny) {
+        if policy::parse_mechanism(m.get_ref()).is_none() {
+            return Err(place.at(
+                m.span(),
+                format_args!(
+                    "unknown mechanism {:?} (use a spec name such as CKM_AES_GCM or a number such as 0x1087)",
+                    m.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn add_rules(filter: &mut MechanismFilter, rules: MechanismRules<'_>, owner: &str) {
+    for p in rules.profiles {
+        if let Some(profile) = policy::profile(p.get_ref()) {
+            filter.deny(
+                profile.denies,
+                &format!("profile {:?} of {owner}", profile.name),
+            );
+        }
+    }
+    let parse = |list: &[Spanned<String>]| -> Vec<CK_MECHANISM_TYPE> {
+        list.iter()
+            .filter_map(|m| policy::parse_mechanism(m.get_ref()))
+            .collect()
+    };
+    filter.deny(&parse(rules.deny), &format!("the deny list of {owner}"));
+    if let Some(allow) = rules.allow {
+        filter.allow_only(&parse(allow), &format!("the allow list of {owner}"));
+    }
+}
+
+/// Error texts from the TOML parser may span lines; a log line must not.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -250,6 +773,14 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("/c/p.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    const TWO: &str = "[[upstream]]\nname = \"a\"\npath = \"/a.so\"\n[[upstream]]\nname = \"b\"\npath = \"/b.so\"\n";
+
     #[test]
     fn parses_upstream_and_log() {
         let c = Config::parse(
@@ -257,47 +788,138 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap();
-        assert_eq!(
-            c.upstreams,
-            vec![UpstreamConfig {
-                name: "hsm".into(),
-                path: "/x.so".into(),
-                init_args: Some("a=b".into())
-            }]
-        );
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].name.get_ref(), "hsm");
+        assert_eq!(c.upstreams[0].init_args.as_deref(), Some("a=b"));
         assert_eq!(c.log.level, Some(LogLevel::Trace));
         assert_eq!(c.log.target, Some(LogTarget::File("/tmp/p.log".into())));
     }
 
     #[test]
-    fn unknown_keys_are_refused_with_the_file_named() {
-        let e = Config::parse(
-            "[[upstream]]\nname = \"a\"\npath = \"/x.so\"\npaht = 1\n",
-            Path::new("/etc/p.toml"),
+    fn errors_name_file_and_line() {
+        assert!(
+            err("[[upstream]]\nname = \"a\"\npath = \"/x.so\"\npaht = 1\n")
+                .starts_with("config /c/p.toml:4: unknown field `paht`")
+        );
+        let dup = format!("{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\n[[slot]]\nid = 0\nupstream = \"b\"\nupstream_slot = 1\n");
+        assert_eq!(
+            err(&dup),
+            "config /c/p.toml:12: slot id 0 is used twice (first at line 8)"
+        );
+        let unknown = format!("{TWO}[[slot]]\nid = 1\nupstream = \"z\"\ntoken_label = \"x\"\n");
+        assert_eq!(
+            err(&unknown),
+            "config /c/p.toml:9: slot 1: no [[upstream]] named \"z\""
+        );
+        assert_eq!(
+            err("[[upstream]]\nname = \"a\"\npath = \"/x.so\"\ndeny = [\"CKM_FOO\"]\n"),
+            "config /c/p.toml:4: unknown mechanism \"CKM_FOO\" (use a spec name such as CKM_AES_GCM or a number such as 0x1087)"
+        );
+        assert_eq!(
+            err("[[upstream]]\nname = \"a\"\npath = \"/x.so\"\nprofiles = [\"x\"]\n"),
+            "config /c/p.toml:4: unknown profile \"x\" (known: no-aes-gcm, no-aes-cbc, fortanix-hsm-gateway)"
+        );
+        let two_targets = format!(
+            "{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\nupstream_slot = 3\n"
+        );
+        assert_eq!(err(&two_targets), "config /c/p.toml:8: slot 0: give exactly one of token_label, token_serial, upstream_slot");
+        let app = format!("{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\n[[app]]\nname = \"v\"\nslots = [0, 7]\n");
+        assert_eq!(
+            err(&app),
+            "config /c/p.toml:13: app \"v\": no [[slot]] with id 7"
+        );
+        assert!(err(TWO).starts_with("config /c/p.toml:5: 2 [[upstream]] entries but no [[slot]]"));
+    }
+
+    #[test]
+    fn credentials_are_checked_on_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cred = dir.path().join("a.pin");
+        let hash = crate::credentials::hash_pin(b"app").unwrap();
+        let text = |extra: &str| {
+            format!("[[upstream]]\nname = \"a\"\npath = \"/a.so\"\n[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\n{extra}")
+        };
+        let with_file = text(&format!(
+            "credential_file = \"{}\"\npin_hash = \"{hash}\"\n",
+            cred.display()
+        ));
+        assert_eq!(
+            err(&with_file),
+            format!("config /c/p.toml:8: slot 0: credential file {}: No such file or directory (os error 2)", cred.display())
+        );
+        std::fs::write(&cred, "secret\n").unwrap();
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            err(&with_file),
+            format!("config /c/p.toml:8: slot 0: credential file {} is accessible by others (mode 0644); chmod o-rwx it", cred.display())
+        );
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::parse(&with_file, Path::new("/c/p.toml")).unwrap();
+        let no_hash = text(&format!("credential_file = \"{}\"\n", cred.display()));
+        assert_eq!(err(&no_hash), "config /c/p.toml:5: slot 0: a credential needs pin_hash (make one with `p11gate hash-pin`)");
+    }
+
+    #[test]
+    fn slot_ids_take_full_ulongs() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"a\"\npath = \"/a.so\"\n[[slot]]\nid = \"0xffffffffffffffff\"\nupstream = \"a\"\nupstream_slot = \"2305843009213693953\"\n",
+            Path::new("c"),
         )
-        .unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.starts_with("config /etc/p.toml: "), "{msg}");
-        assert!(msg.contains("paht"), "{msg}");
-        assert!(!msg.contains('\n'), "{msg}");
+        .unwrap();
+        assert_eq!(c.slots[0].id.get_ref().0, u64::MAX);
+        assert_eq!(c.slots[0].target(), TokenTarget::Slot(2305843009213693953));
     }
 
     #[test]
-    fn duplicate_names_and_empty_paths_are_refused() {
-        let dup = "[[upstream]]\nname = \"a\"\npath = \"/x.so\"\n[[upstream]]\nname = \"a\"\npath = \"/y.so\"\n";
-        assert!(Config::parse(dup, Path::new("c"))
-            .unwrap_err()
-            .to_string()
-            .contains("two [[upstream]] entries"));
-        let empty = "[[upstream]]\nname = \"a\"\npath = \"\"\n";
-        assert!(Config::parse(empty, Path::new("c"))
-            .unwrap_err()
-            .to_string()
-            .contains("empty path"));
+    fn policies_combine_upstream_and_slot_rules() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"a\"\npath = \"/a.so\"\nprofiles = [\"no-aes-gcm\"]\n[[slot]]\nid = 3\nupstream = \"a\"\ntoken_label = \"x\"\ndeny = [\"0x1085\"]\nread_only = true\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        let p = c.slot_policy(0);
+        assert!(p.read_only);
+        assert_eq!(
+            p.mechanisms.refusal(pkcs11_sys::CKM_AES_GCM),
+            Some("profile \"no-aes-gcm\" of upstream \"a\"")
+        );
+        assert_eq!(
+            p.mechanisms.refusal(pkcs11_sys::CKM_AES_CBC_PAD),
+            Some("the deny list of slot 3")
+        );
+        assert_eq!(p.mechanisms.refusal(pkcs11_sys::CKM_AES_CBC), None);
     }
 
     #[test]
-    fn environment_overrides_the_file_and_missing_file_is_not_an_error() {
+    fn app_selection() {
+        let text = format!(
+            "default_app = \"a\"\n{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\n[[slot]]\nid = 1\nupstream = \"b\"\ntoken_label = \"y\"\n[[app]]\nname = \"a\"\nslots = [0]\n[[app]]\nname = \"b\"\nslots = [1, 0]\n"
+        );
+        let c = Config::parse(&text, Path::new("/c/p.toml")).unwrap();
+        let source = Source::File("/c/p.toml".into());
+        assert_eq!(
+            c.select_app(None, &source).unwrap(),
+            App {
+                name: "a".into(),
+                slots: vec![0]
+            }
+        );
+        assert_eq!(
+            c.select_app(Some("b"), &source).unwrap(),
+            App {
+                name: "b".into(),
+                slots: vec![1, 0]
+            }
+        );
+        assert_eq!(
+            c.select_app(Some("x"), &source).unwrap_err().to_string(),
+            "P11GATE_APP=\"x\": no [[app]] named \"x\" in /c/p.toml"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_and_missing_upstream() {
         let (c, source) = Config::discover(env_of(&[
             ("P11GATE_CONFIG", "/nonexistent/p.toml"),
             ("P11GATE_UPSTREAM", "/usr/lib/x.so"),
@@ -306,25 +928,19 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(source, Source::NoFile("/nonexistent/p.toml".into()));
-        assert_eq!(
-            c.upstream(&source).unwrap().path,
-            PathBuf::from("/usr/lib/x.so")
-        );
+        assert_eq!(c.upstreams[0].path, PathBuf::from("/usr/lib/x.so"));
+        assert_eq!(c.upstreams[0].name.get_ref(), "x");
         assert_eq!(c.log.level, Some(LogLevel::Debug));
         assert_eq!(c.log.target, Some(LogTarget::Stderr));
-    }
-
-    #[test]
-    fn bad_level_and_missing_upstream_say_what_is_wrong() {
         let e = Config::discover(env_of(&[
             ("P11GATE_CONFIG", "/nonexistent/p.toml"),
             ("P11GATE_LOG_LEVEL", "loud"),
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("P11GATE_LOG_LEVEL=\"loud\""), "{e}");
-        let (c, source) =
-            Config::discover(env_of(&[("P11GATE_CONFIG", "/nonexistent/p.toml")])).unwrap();
-        let e = c.upstream(&source).unwrap_err().to_string();
+        let e = Config::discover(env_of(&[("P11GATE_CONFIG", "/nonexistent/p.toml")]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("no upstream configured: set P11GATE_UPSTREAM"),
             "{e}"

@@ -31,6 +31,16 @@ pub enum Error {
     BufferTooSmall,
     /// More sessions than p11gate's session table holds.
     SessionCount,
+    /// A mechanism the slot's policy refuses (the refusal has been logged with its rule).
+    MechanismInvalid,
+    /// A template the slot's key policy refuses.
+    TemplateInconsistent,
+    /// A change on a read-only slot.
+    TokenWriteProtected,
+    /// The slot's token cannot be found on its upstream right now.
+    TokenNotPresent,
+    /// The application's PIN does not match the slot's PIN hash.
+    PinIncorrect,
     /// The configuration is invalid or an upstream cannot be loaded; the text says exactly what.
     /// Logged once where it arises; C_Initialize returns `CKR_GENERAL_ERROR`.
     Setup(String),
@@ -54,6 +64,11 @@ impl Error {
             Error::FunctionNotSupported => CKR_FUNCTION_NOT_SUPPORTED,
             Error::BufferTooSmall => CKR_BUFFER_TOO_SMALL,
             Error::SessionCount => CKR_SESSION_COUNT,
+            Error::MechanismInvalid => CKR_MECHANISM_INVALID,
+            Error::TemplateInconsistent => CKR_TEMPLATE_INCONSISTENT,
+            Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
+            Error::TokenNotPresent => CKR_TOKEN_NOT_PRESENT,
+            Error::PinIncorrect => CKR_PIN_INCORRECT,
             Error::Setup(_) | Error::Panic => CKR_GENERAL_ERROR,
         }
     }

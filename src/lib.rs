@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod ffi;
 pub mod logging;

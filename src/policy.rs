@@ -1,24 +1,307 @@
 //! Policy: what a slot may be asked to do, decided before any backend sees the call.
 //!
-//! This is the seam the mechanism-filtering and key-policy capability fills in. Every exported
-//! function that takes a mechanism already asks [`Policy::check_mechanism`] first, so a refusal
-//! here is a refusal everywhere. Today's policy allows everything and costs nothing (it inlines
-//! away).
+//! Each slot has a [`SlotPolicy`], compiled at `C_Initialize` from its upstream's rules and its
+//! own: mechanism filtering ([`MechanismFilter`]), `require_non_extractable` and `read_only`. A
+//! refusal is logged once, at warn, naming the function, the mechanism or template, the slot and
+//! the rule. Mechanism rules cost nothing for a slot that has none, and a binary search of a
+//! short sorted list for one that has.
 #![forbid(unsafe_code)]
 
-use pkcs11_sys::{CK_MECHANISM_TYPE, CK_SLOT_ID};
+use pkcs11_sys::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::ffi::args::Template;
+use crate::names::{mechanism_by_name, mechanism_name};
 
-/// Rules for the slots of one runtime. Immutable after `C_Initialize`.
+/// A named, documented set of mechanisms that some backends cannot or must not do.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    pub name: &'static str,
+    pub why: &'static str,
+    pub denies: &'static [CK_MECHANISM_TYPE],
+}
+
+/// The profiles a configuration can name in `profiles = [...]`.
+pub const PROFILES: &[Profile] = &[
+    Profile {
+        name: "no-aes-gcm",
+        why: "backends with AES-GCM disabled (some HSMs behind gateways)",
+        denies: &[CKM_AES_GCM],
+    },
+    Profile {
+        name: "no-aes-cbc",
+        why: "backends or gateways without AES-CBC",
+        denies: &[CKM_AES_CBC, CKM_AES_CBC_PAD],
+    },
+    Profile {
+        name: "fortanix-hsm-gateway",
+        why: "Fortanix DSM's HSM Gateway, which does not offer AES-CBC",
+        denies: &[CKM_AES_CBC, CKM_AES_CBC_PAD],
+    },
+];
+
+/// Looks up a profile by name.
+pub fn profile(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+/// A mechanism as a configuration names it: a spec name (`CKM_AES_GCM`) or a number (`0x1087`,
+/// `4231`).
+pub fn parse_mechanism(text: &str) -> Option<CK_MECHANISM_TYPE> {
+    let t = text.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return CK_MECHANISM_TYPE::from_str_radix(hex, 16).ok();
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+        return t.parse().ok();
+    }
+    mechanism_by_name(t)
+}
+
+/// A mechanism's spec name, or its number in hex.
+pub fn mechanism_text(m: CK_MECHANISM_TYPE) -> String {
+    mechanism_name(m).map_or_else(|| format!("{m:#x}"), str::to_string)
+}
+
+/// Mechanism rules of one slot: deny lists (with the rule each entry came from) and allow lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {}
+pub struct MechanismFilter {
+    /// Sorted by mechanism; the string names the rule ("profile \"no-aes-gcm\" of upstream \"a\"").
+    deny: Vec<(CK_MECHANISM_TYPE, String)>,
+    /// Each allow list sorted, with the rule it came from.
+    allow: Vec<(Vec<CK_MECHANISM_TYPE>, String)>,
+}
 
-impl Policy {
-    /// Whether `mechanism` may be used on `slot` (by a `*Init`, key generation, wrapping,
-    /// derivation or `C_GetMechanismInfo`).
-    #[inline(always)]
-    pub fn check_mechanism(&self, _slot: CK_SLOT_ID, _mechanism: CK_MECHANISM_TYPE) -> Result<()> {
+impl MechanismFilter {
+    /// Adds mechanisms a rule refuses.
+    pub fn deny(&mut self, mechanisms: &[CK_MECHANISM_TYPE], rule: &str) {
+        for &m in mechanisms {
+            if !self.deny.iter().any(|(d, _)| *d == m) {
+                self.deny.push((m, rule.to_string()));
+            }
+        }
+        self.deny.sort_by_key(|(m, _)| *m);
+    }
+
+    /// Adds an allow list: a mechanism must be on every allow list there is.
+    pub fn allow_only(&mut self, mechanisms: &[CK_MECHANISM_TYPE], rule: &str) {
+        let mut list = mechanisms.to_vec();
+        list.sort_unstable();
+        list.dedup();
+        self.allow.push((list, rule.to_string()));
+    }
+
+    /// Whether there are no rules at all (everything passes through untouched).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    /// The rule that refuses `m`, if one does.
+    #[inline]
+    pub fn refusal(&self, m: CK_MECHANISM_TYPE) -> Option<&str> {
+        if self.is_empty() {
+            return None;
+        }
+        if let Ok(i) = self.deny.binary_search_by_key(&m, |(d, _)| *d) {
+            return Some(&self.deny[i].1);
+        }
+        self.allow
+            .iter()
+            .find(|(list, _)| list.binary_search(&m).is_err())
+            .map(|(_, rule)| rule.as_str())
+    }
+
+    /// Mechanisms of `all` that pass, in their order.
+    pub fn retain_allowed(&self, all: &mut Vec<CK_MECHANISM_TYPE>) {
+        all.retain(|m| self.refusal(*m).is_none());
+    }
+}
+
+/// Everything one slot is held to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotPolicy {
+    pub mechanisms: MechanismFilter,
+    /// Secret and private keys must be created non-extractable and sensitive.
+    pub require_non_extractable: bool,
+    /// No read-write sessions, no object changes.
+    pub read_only: bool,
+}
+
+/// What kind of object a template makes, for the key policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewObject {
+    /// The template's CKA_CLASS decides (C_CreateObject, C_UnwrapKey).
+    FromTemplate,
+    /// Always a secret key (C_GenerateKey, C_DeriveKey).
+    SecretKey,
+    /// Always a private key (the private template of C_GenerateKeyPair).
+    PrivateKey,
+}
+
+impl SlotPolicy {
+    /// Refuses a mechanism this slot may not use.
+    #[inline]
+    pub fn check_mechanism(
+        &self,
+        func: &str,
+        slot: CK_SLOT_ID,
+        m: CK_MECHANISM_TYPE,
+    ) -> Result<()> {
+        match self.mechanisms.refusal(m) {
+            None => Ok(()),
+            Some(rule) => {
+                log::warn!(
+                    "{func}: {} refused on slot {slot} by {rule}",
+                    mechanism_text(m)
+                );
+                Err(Error::MechanismInvalid)
+            }
+        }
+    }
+
+    /// Refuses changes on a read-only slot.
+    #[inline]
+    pub fn check_writable(&self, func: &str, slot: CK_SLOT_ID) -> Result<()> {
+        if self.read_only {
+            log::warn!("{func}: refused on slot {slot}: the slot is read_only");
+            return Err(Error::TokenWriteProtected);
+        }
         Ok(())
+    }
+
+    /// Refuses a new secret or private key that could leave the token.
+    pub fn check_new_key(
+        &self,
+        func: &str,
+        slot: CK_SLOT_ID,
+        kind: NewObject,
+        t: &Template<'_>,
+    ) -> Result<()> {
+        if !self.require_non_extractable {
+            return Ok(());
+        }
+        let is_key = match kind {
+            NewObject::SecretKey | NewObject::PrivateKey => true,
+            NewObject::FromTemplate => {
+                matches!(
+                    t.ulong_value(CKA_CLASS),
+                    Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY)
+                )
+            }
+        };
+        if !is_key {
+            return Ok(());
+        }
+        self.check_protected(
+            func,
+            slot,
+            t.bool_value(CKA_EXTRACTABLE),
+            t.bool_value(CKA_SENSITIVE),
+        )
+    }
+
+    /// Refuses a key whose resulting `CKA_EXTRACTABLE` / `CKA_SENSITIVE` (None: not stated, so
+    /// up to the token's default) would let it leave the token.
+    pub fn check_protected(
+        &self,
+        func: &str,
+        slot: CK_SLOT_ID,
+        extractable: Option<bool>,
+        sensitive: Option<bool>,
+    ) -> Result<()> {
+        if !self.require_non_extractable || (extractable == Some(false) && sensitive == Some(true))
+        {
+            return Ok(());
+        }
+        log::warn!(
+            "{func}: refused on slot {slot} by require_non_extractable: the key would be {}",
+            match (extractable, sensitive) {
+                (Some(true), _) => "extractable (CKA_EXTRACTABLE=TRUE)",
+                (None, _) => "extractable by default (the template must set CKA_EXTRACTABLE=FALSE)",
+                (_, Some(false)) => "not sensitive (CKA_SENSITIVE=FALSE)",
+                _ => "not sensitive by default (the template must set CKA_SENSITIVE=TRUE)",
+            }
+        );
+        Err(Error::TemplateInconsistent)
+    }
+
+    /// Whether a `C_SetAttributeValue` template would weaken a key (then the object's class
+    /// decides, see [`SlotPolicy::check_protected`]).
+    pub fn weakens_key(&self, t: &Template<'_>) -> bool {
+        self.require_non_extractable
+            && (t.bool_value(CKA_EXTRACTABLE) == Some(true)
+                || t.bool_value(CKA_SENSITIVE) == Some(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanisms_by_name_and_number() {
+        assert_eq!(parse_mechanism("CKM_AES_GCM"), Some(CKM_AES_GCM));
+        assert_eq!(parse_mechanism("0x1087"), Some(CKM_AES_GCM));
+        assert_eq!(parse_mechanism("4231"), Some(CKM_AES_GCM));
+        assert_eq!(parse_mechanism("CKM_NOPE"), None);
+        assert_eq!(parse_mechanism("0xZZ"), None);
+        assert_eq!(mechanism_text(CKM_RSA_PKCS_OAEP), "CKM_RSA_PKCS_OAEP");
+        assert_eq!(mechanism_text(0x8000_1234), "0x80001234");
+    }
+
+    #[test]
+    fn deny_beats_allow_and_every_allow_list_must_agree() {
+        let mut f = MechanismFilter::default();
+        assert!(f.is_empty());
+        assert_eq!(f.refusal(CKM_AES_GCM), None);
+        f.deny(
+            profile("no-aes-gcm").unwrap().denies,
+            "profile \"no-aes-gcm\" of upstream \"a\"",
+        );
+        f.allow_only(
+            &[CKM_AES_GCM, CKM_RSA_PKCS_OAEP, CKM_AES_CBC_PAD],
+            "allow list of upstream \"a\"",
+        );
+        f.allow_only(&[CKM_RSA_PKCS_OAEP, CKM_AES_GCM], "allow list of slot 0");
+        assert_eq!(
+            f.refusal(CKM_AES_GCM),
+            Some("profile \"no-aes-gcm\" of upstream \"a\"")
+        );
+        assert_eq!(f.refusal(CKM_AES_CBC_PAD), Some("allow list of slot 0"));
+        assert_eq!(
+            f.refusal(CKM_SHA256_HMAC),
+            Some("allow list of upstream \"a\"")
+        );
+        assert_eq!(f.refusal(CKM_RSA_PKCS_OAEP), None);
+        let mut list = vec![CKM_AES_GCM, CKM_RSA_PKCS_OAEP, CKM_SHA256_HMAC];
+        f.retain_allowed(&mut list);
+        assert_eq!(list, vec![CKM_RSA_PKCS_OAEP]);
+    }
+
+    #[test]
+    fn key_policy_needs_both_attributes_stated() {
+        let p = SlotPolicy {
+            require_non_extractable: true,
+            ..SlotPolicy::default()
+        };
+        assert_eq!(
+            p.check_protected("C_GenerateKey", 0, Some(false), Some(true)),
+            Ok(())
+        );
+        for (e, s) in [
+            (None, Some(true)),
+            (Some(false), None),
+            (Some(true), Some(true)),
+            (Some(false), Some(false)),
+        ] {
+            assert_eq!(
+                p.check_protected("C_GenerateKey", 0, e, s),
+                Err(Error::TemplateInconsistent),
+                "{e:?} {s:?}"
+            );
+        }
+        let lax = SlotPolicy::default();
+        assert_eq!(lax.check_protected("C_GenerateKey", 0, None, None), Ok(()));
     }
 }

@@ -19,11 +19,11 @@ use once_cell::sync::OnceCell;
 
 use crate::backend::upstream::Upstream;
 use crate::backend::{Backend, InitArgs};
-use crate::config::{Config, LogConfig, LogLevel, LogTarget, Source};
+use crate::config::{App, Config, LogConfig, LogLevel, LogTarget, Source};
 use crate::error::{Error, Result};
 use crate::logging;
 use crate::names::rv_name;
-use crate::policy::Policy;
+use crate::router::slots::SlotEntry;
 use crate::router::Router;
 
 /// How many distinct configurations one process may initialise with.
@@ -31,12 +31,11 @@ pub const MAX_RUNTIMES: usize = 32;
 const NOT_INITIALIZED: usize = 0;
 const BUSY: usize = usize::MAX;
 
-/// Everything one configuration produces.
+/// Everything one configuration produces for one app.
 #[derive(Debug)]
 pub struct Runtime {
     pub config: Config,
     pub router: Router,
-    pub policy: Policy,
 }
 
 static RUNTIMES: [OnceCell<Runtime>; MAX_RUNTIMES] = [const { OnceCell::new() }; MAX_RUNTIMES];
@@ -88,7 +87,10 @@ fn start(args: InitArgs) -> Result<usize> {
     if let Some(problem) = logging::configure(&config.log) {
         log::warn!("{problem}");
     }
-    let index = runtime_for(&config, &source).inspect_err(|e| log::error!("{e}"))?;
+    let app = config
+        .select_app(getenv(crate::config::env::APP).as_deref(), &source)
+        .inspect_err(|e| log::error!("{e}"))?;
+    let index = runtime_for(&config, &app).inspect_err(|e| log::error!("{e}"))?;
     let rt = RUNTIMES[index].get().ok_or(Error::NotInitialized)?;
     // A fresh start: in a child after fork() these are the parent's sessions.
     rt.router.forget_sessions();
@@ -106,8 +108,17 @@ fn start(args: InitArgs) -> Result<usize> {
             return Err(e);
         }
     }
+    if let Err(e) = rt.router.load_credentials() {
+        log::error!("{e}");
+        for backend in backends {
+            let _ = backend.finalize();
+        }
+        return Err(e);
+    }
+    log_slots(rt);
     log::info!(
-        "initialised: config {}, upstreams {}",
+        "initialised for app {:?}: config {}, upstreams {}",
+        rt.router.app(),
         match &source {
             Source::File(p) => p.display().to_string(),
             Source::NoFile(p) => format!("{} (absent; environment only)", p.display()),
@@ -121,12 +132,11 @@ fn start(args: InitArgs) -> Result<usize> {
     Ok(index)
 }
 
-/// Finds the runtime built from an equal configuration, or builds one.
-fn runtime_for(config: &Config, source: &Source) -> Result<usize> {
+/// Finds the runtime built from an equal configuration for the same app, or builds one.
+fn runtime_for(config: &Config, app: &App) -> Result<usize> {
     let created = CREATED.load(Ordering::Acquire);
-    if let Some(i) =
-        (0..created).find(|&i| RUNTIMES[i].get().is_some_and(|rt| rt.config == *config))
-    {
+    let same = |rt: &Runtime| rt.config == *config && rt.router.app() == app.name;
+    if let Some(i) = (0..created).find(|&i| RUNTIMES[i].get().is_some_and(same)) {
         return Ok(i);
     }
     if created == MAX_RUNTIMES {
@@ -135,18 +145,85 @@ fn runtime_for(config: &Config, source: &Source) -> Result<usize> {
              restart it to use another"
         )));
     }
-    let upstream = Upstream::load(config.upstream(source)?)?;
-    let backends: Vec<Box<dyn Backend>> = vec![Box::new(upstream)];
     let runtime = Runtime {
         config: config.clone(),
-        router: Router::new(backends),
-        policy: Policy::default(),
+        router: build_router(config, app)?,
     };
     RUNTIMES[created]
         .set(runtime)
         .map_err(|_| Error::setup("runtime slot already in use"))?;
     CREATED.store(created + 1, Ordering::Release);
     Ok(created)
+}
+
+/// Loads the upstreams the app's slots use and lays out its slots.
+fn build_router(config: &Config, app: &App) -> Result<Router> {
+    if config.slots.is_empty() {
+        // Passthrough: the one upstream's slots, unchanged (Config::parse allows one only).
+        let upstream = Upstream::load(&config.upstreams[0])?;
+        let entry = SlotEntry::new(0, 0, None, config.upstream_policy(0), None);
+        return Ok(Router::new(
+            app.name.clone(),
+            vec![Box::new(upstream)],
+            vec![entry],
+        ));
+    }
+    // Only the upstreams this app uses: another app's HSM being down must not stop this one.
+    let mut used: Vec<usize> = Vec::new();
+    let mut entries = Vec::new();
+    for &i in &app.slots {
+        let slot = &config.slots[i];
+        let upstream = config
+            .upstream_index(slot.upstream.get_ref())
+            .ok_or(Error::SlotIdInvalid)?;
+        let backend = used.iter().position(|&u| u == upstream).unwrap_or_else(|| {
+            used.push(upstream);
+            used.len() - 1
+        });
+        let credential = slot
+            .credential_source()
+            .zip(slot.pin_hash.as_ref().map(|h| h.get_ref().clone()));
+        entries.push(SlotEntry::new(
+            slot.id.get_ref().0,
+            backend,
+            Some(slot.target()),
+            config.slot_policy(i),
+            credential,
+        ));
+    }
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    for &u in &used {
+        backends.push(Box::new(Upstream::load(&config.upstreams[u])?));
+    }
+    Ok(Router::new(app.name.clone(), backends, entries))
+}
+
+/// One info line per mapped slot: where its token is now.
+fn log_slots(rt: &Runtime) {
+    for e in rt
+        .router
+        .slot_entries()
+        .iter()
+        .filter(|e| !e.is_passthrough())
+    {
+        let backend = &rt.router.backends()[e.backend];
+        let target = e
+            .target
+            .as_ref()
+            .map_or_else(String::new, |t| t.to_string());
+        match e.find(&**backend) {
+            Some(real) => log::info!(
+                "slot {} -> {} {target}: upstream slot {real:#x}",
+                e.id,
+                backend.name()
+            ),
+            None => log::warn!(
+                "slot {} -> {} {target}: not found (yet)",
+                e.id,
+                backend.name()
+            ),
+        }
+    }
 }
 
 /// `C_Finalize`: closes p11gate's sessions and finalises the backends it initialised. The
@@ -204,10 +281,25 @@ pub fn offers_3_0() -> bool {
     let Ok((config, source)) = Config::discover(|k| std::env::var(k).ok()) else {
         return false;
     };
-    let Ok(upstream) = config.upstream(&source) else {
+    let Ok(app) = config.select_app(
+        std::env::var(crate::config::env::APP).ok().as_deref(),
+        &source,
+    ) else {
         return false;
     };
-    crate::backend::upstream::Module::load(&upstream.path).is_ok_and(|m| m.has_3_0())
+    let paths: Vec<&std::path::Path> = if config.slots.is_empty() {
+        config.upstreams.iter().map(|u| u.path.as_path()).collect()
+    } else {
+        app.slots
+            .iter()
+            .filter_map(|&i| config.upstream_index(config.slots[i].upstream.get_ref()))
+            .map(|u| config.upstreams[u].path.as_path())
+            .collect()
+    };
+    !paths.is_empty()
+        && paths
+            .iter()
+            .all(|p| crate::backend::upstream::Module::load(p).is_ok_and(|m| m.has_3_0()))
 }
 
 fn log_config_from_env(getenv: impl Fn(&str) -> Option<String>) -> LogConfig {

@@ -248,7 +248,7 @@ impl Upstream {
             None => None,
         };
         Ok(Upstream {
-            name: config.name.clone(),
+            name: config.name.get_ref().clone(),
             module: Module::load(&config.path)?,
             init_args,
             initialized_by_us: AtomicBool::new(false),

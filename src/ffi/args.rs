@@ -37,6 +37,15 @@ impl<'a> InBuf<'a> {
         })
     }
 
+    /// A view of p11gate's own bytes (a stored credential), for passing to a backend.
+    pub fn from_slice(bytes: &'a [u8]) -> Self {
+        InBuf {
+            ptr: bytes.as_ptr(),
+            len: bytes.len() as CK_ULONG,
+            _caller: PhantomData,
+        }
+    }
+
     pub fn len(&self) -> CK_ULONG {
         self.len
     }
@@ -76,6 +85,23 @@ impl<'a, T: Copy> OutBuf<'a, T> {
         // SAFETY: `len` is valid and writable when not NULL, per this function's contract.
         let len = unsafe { len.as_mut() }.ok_or(Error::ArgumentsBad)?;
         Ok(OutBuf { ptr, len })
+    }
+
+    /// A length query over p11gate's own counter: asks how many elements there are.
+    pub fn length_query(len: &'a mut CK_ULONG) -> Self {
+        OutBuf {
+            ptr: std::ptr::null_mut(),
+            len,
+        }
+    }
+
+    /// An output buffer over p11gate's own memory; `len` starts as the slice's length.
+    pub fn from_slice(buf: &'a mut [T], len: &'a mut CK_ULONG) -> Self {
+        *len = buf.len() as CK_ULONG;
+        OutBuf {
+            ptr: buf.as_mut_ptr(),
+            len,
+        }
     }
 
     /// The caller's pointers as passed, for forwarding.
@@ -186,6 +212,20 @@ impl<'a> Template<'a> {
         unsafe { std::slice::from_raw_parts(self.ptr, self.count as usize) }
     }
 
+    /// A `CK_BBOOL` attribute's value, if present and well-formed.
+    pub fn bool_value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<bool> {
+        match self.value(ty)? {
+            [b] => Some(*b != CK_FALSE),
+            _ => None,
+        }
+    }
+
+    /// A `CK_ULONG` attribute's value (`CKA_CLASS`, `CKA_KEY_TYPE`), if present and well-formed.
+    pub fn ulong_value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<CK_ULONG> {
+        let bytes: [u8; std::mem::size_of::<CK_ULONG>()] = self.value(ty)?.try_into().ok()?;
+        Some(CK_ULONG::from_ne_bytes(bytes))
+    }
+
     /// The value of the attribute of type `ty`, if present with a non-NULL value.
     pub fn value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
         let a = self.attributes().iter().find(|a| a.type_ == ty)?;
@@ -198,6 +238,60 @@ impl<'a> Template<'a> {
 
     pub fn as_ptr(&self) -> *mut CK_ATTRIBUTE {
         self.ptr
+    }
+}
+
+/// Attribute values read from a backend into p11gate's own memory (for policy decisions that
+/// depend on an existing object, such as the source of `C_CopyObject`).
+#[derive(Debug)]
+pub struct AttributeQuery {
+    attrs: Vec<CK_ATTRIBUTE>,
+    values: Vec<Vec<u8>>,
+}
+
+impl AttributeQuery {
+    /// Asks for these attribute types, each with room for `max_len` bytes.
+    pub fn new(types: &[CK_ATTRIBUTE_TYPE], max_len: usize) -> Self {
+        let mut values: Vec<Vec<u8>> = types.iter().map(|_| vec![0u8; max_len]).collect();
+        let attrs = types
+            .iter()
+            .zip(values.iter_mut())
+            .map(|(&type_, v)| CK_ATTRIBUTE {
+                type_,
+                pValue: v.as_mut_ptr().cast(),
+                ulValueLen: max_len as CK_ULONG,
+            })
+            .collect();
+        AttributeQuery { attrs, values }
+    }
+
+    /// The template to pass to `Backend::get_attribute_value`.
+    pub fn template(&mut self) -> Template<'_> {
+        // SAFETY: every attribute points into its own buffer in `self.values`, which has exactly
+        // `ulValueLen` bytes and lives (unmoved: only the Vec headers are owned here) as long as
+        // the borrow of `self`.
+        unsafe { Template::new(self.attrs.as_mut_ptr(), self.attrs.len() as CK_ULONG) }
+            .expect("a non-NULL template")
+    }
+
+    /// The value the backend returned for the `i`th type, if it returned one.
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        let len = self.attrs.get(i)?.ulValueLen;
+        if len == CK_UNAVAILABLE_INFORMATION || len as usize > self.values[i].len() {
+            return None;
+        }
+        Some(&self.values[i][..len as usize])
+    }
+
+    pub fn bool_value(&self, i: usize) -> Option<bool> {
+        match self.value(i)? {
+            [b] => Some(*b != CK_FALSE),
+            _ => None,
+        }
+    }
+
+    pub fn ulong_value(&self, i: usize) -> Option<CK_ULONG> {
+        Some(CK_ULONG::from_ne_bytes(self.value(i)?.try_into().ok()?))
     }
 }
 

@@ -1,24 +1,27 @@
-//! The router: which backend serves a slot or a session, under which of its own ids.
+//! The router: which backend serves a slot or a session, under which of its own ids, for the
+//! app this process is.
 //!
 //! Applications only ever see p11gate's virtual session handles ([`sessions`]); a handle that
-//! p11gate did not hand out, or that was closed, is refused and never forwarded. Object handles
-//! are not remapped: they pass through within the backend of their session.
+//! p11gate did not hand out, or that was closed, is refused and never forwarded, so handles of
+//! different upstreams cannot collide. Object handles are not remapped: they pass through within
+//! the backend of their session.
 //!
-//! Slots: this version serves one backend and maps its slot ids one to one, so that slot numbers
-//! and every slot-level answer are exactly the upstream's. Configured virtual slots, several
-//! upstreams and per-app visibility replace [`Router::slot`] and [`Router::slot_list`] in the
-//! slot-mapping capability; nothing else here changes for them.
+//! Slots ([`slots`]): with `[[slot]]` entries, the app sees exactly its configured virtual ids,
+//! in its configured order; any other id is `CKR_SLOT_ID_INVALID`. Without them, the single
+//! upstream's slot ids pass through unchanged.
 
 pub mod sessions;
+pub mod slots;
 
 use pkcs11_sys::*;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::ffi::args::OutBuf;
+use crate::ffi::args::{AttributeQuery, InBuf, OutBuf, Template};
 use sessions::{SessionRoute, SessionTable};
+use slots::SlotEntry;
 
-/// A resolved session: the backend that owns it and the backend's own handle.
+/// A resolved session: the backend that owns it, the backend's own handle, and its slot.
 #[derive(Debug, Clone, Copy)]
 pub struct Session<'a> {
     pub backend: &'a dyn Backend,
@@ -26,13 +29,16 @@ pub struct Session<'a> {
     pub handle: CK_SESSION_HANDLE,
     /// The virtual slot the session was opened on.
     pub slot: CK_SLOT_ID,
+    /// The slot's entry: its policy and credential.
+    pub entry: &'a SlotEntry,
 }
 
-/// A resolved slot.
+/// A resolved slot with a present token.
 #[derive(Debug, Clone, Copy)]
 pub struct Slot<'a> {
     pub backend: &'a dyn Backend,
-    pub backend_index: usize,
+    pub entry: &'a SlotEntry,
+    pub index: usize,
     /// The backend's slot id.
     pub id: CK_SLOT_ID,
 }
@@ -40,20 +46,41 @@ pub struct Slot<'a> {
 /// Routes calls of one runtime.
 #[derive(Debug)]
 pub struct Router {
+    app: String,
     backends: Vec<Box<dyn Backend>>,
+    slots: Vec<SlotEntry>,
     sessions: SessionTable,
 }
 
 impl Router {
-    pub fn new(backends: Vec<Box<dyn Backend>>) -> Router {
+    /// `slots` is either one passthrough entry, or the app's mapped slots in its order.
+    pub fn new(app: String, backends: Vec<Box<dyn Backend>>, slots: Vec<SlotEntry>) -> Router {
         Router {
+            app,
             backends,
+            slots,
             sessions: SessionTable::default(),
         }
     }
 
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     pub fn backends(&self) -> &[Box<dyn Backend>] {
         &self.backends
+    }
+
+    pub fn slot_entries(&self) -> &[SlotEntry] {
+        &self.slots
+    }
+
+    fn passthrough(&self) -> Option<&SlotEntry> {
+        self.slots.first().filter(|e| e.is_passthrough())
+    }
+
+    fn backend_of(&self, entry: &SlotEntry) -> &dyn Backend {
+        &*self.backends[entry.backend]
     }
 
     /// The session behind a virtual handle.
@@ -64,39 +91,117 @@ impl Router {
             .backends
             .get(route.backend)
             .ok_or(Error::SessionHandleInvalid)?;
+        let entry = self
+            .slots
+            .get(route.slot_index)
+            .ok_or(Error::SessionHandleInvalid)?;
         Ok(Session {
             backend: &**backend,
             handle: route.handle,
             slot: route.slot,
+            entry,
         })
     }
 
-    /// The backend slot behind a slot id the application named.
-    #[inline]
-    pub fn slot(&self, id: CK_SLOT_ID) -> Result<Slot<'_>> {
-        let backend = self.backends.first().ok_or(Error::SlotIdInvalid)?;
+    /// The entry for a slot id the application named, or `CKR_SLOT_ID_INVALID`.
+    fn entry(&self, id: CK_SLOT_ID) -> Result<(usize, &SlotEntry)> {
+        if let Some(p) = self.passthrough() {
+            return Ok((0, p));
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.id == id)
+            .ok_or(Error::SlotIdInvalid)
+    }
+
+    /// The backend slot behind a slot id, with its token; `fresh` asks the upstream again.
+    pub fn slot(&self, id: CK_SLOT_ID, fresh: bool) -> Result<Slot<'_>> {
+        let (index, entry) = self.entry(id)?;
+        let backend = self.backend_of(entry);
+        let real = if entry.is_passthrough() {
+            Some(id)
+        } else if fresh {
+            entry.find(backend)
+        } else {
+            entry.resolve(backend)
+        };
+        let real = real.ok_or(Error::TokenNotPresent)?;
         Ok(Slot {
-            backend: &**backend,
-            backend_index: 0,
-            id,
+            backend,
+            entry,
+            index,
+            id: real,
         })
     }
 
     /// `C_GetSlotList`.
-    pub fn slot_list(&self, token_present: bool, out: OutBuf<'_, CK_SLOT_ID>) -> Result<()> {
-        match self.backends.first() {
-            Some(b) => b.slot_list(token_present, out),
-            None => {
-                let mut out = out;
-                out.put(&[])
+    pub fn slot_list(&self, token_present: bool, mut out: OutBuf<'_, CK_SLOT_ID>) -> Result<()> {
+        if let Some(p) = self.passthrough() {
+            return self.backend_of(p).slot_list(token_present, out);
+        }
+        // Every listing looks the tokens up again, so a renumbered or returned token is found.
+        let ids: Vec<CK_SLOT_ID> = self
+            .slots
+            .iter()
+            .filter(|e| {
+                let found = e.find(self.backend_of(e)).is_some();
+                found || !token_present
+            })
+            .map(|e| e.id)
+            .collect();
+        out.put(&ids)
+    }
+
+    /// `C_GetSlotInfo`: the upstream's answer, or, for a mapped slot whose token is not there,
+    /// p11gate's own description without CKF_TOKEN_PRESENT.
+    pub fn slot_info(&self, id: CK_SLOT_ID, info: &mut CK_SLOT_INFO) -> Result<()> {
+        match self.slot(id, false) {
+            Ok(slot) => slot.backend.slot_info(slot.id, info),
+            Err(Error::TokenNotPresent) => {
+                let (_, entry) = self.entry(id)?;
+                *info = slots::absent_slot_info(entry, self.backend_of(entry).name());
+                Ok(())
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// `C_WaitForSlotEvent`: the slot the backend reports, as the application knows it.
+    /// `C_GetMechanismList`, without the mechanisms the slot's policy refuses.
+    pub fn mechanism_list(
+        &self,
+        id: CK_SLOT_ID,
+        mut out: OutBuf<'_, CK_MECHANISM_TYPE>,
+    ) -> Result<()> {
+        let slot = self.slot(id, false)?;
+        if slot.entry.policy.mechanisms.is_empty() {
+            return slot.backend.mechanism_list(slot.id, out);
+        }
+        let mut all = slots::list_of(|o| slot.backend.mechanism_list(slot.id, o))?;
+        slot.entry.policy.mechanisms.retain_allowed(&mut all);
+        out.put(&all)
+    }
+
+    /// `C_WaitForSlotEvent`: only for unmapped slots (events of several upstreams cannot be
+    /// merged into one blocking call).
     pub fn wait_for_slot_event(&self, flags: CK_FLAGS, slot: &mut CK_SLOT_ID) -> Result<()> {
-        let backend = self.backends.first().ok_or(Error::FunctionNotSupported)?;
-        backend.wait_for_slot_event(flags, slot)
+        let p = self.passthrough().ok_or(Error::FunctionNotSupported)?;
+        self.backend_of(p).wait_for_slot_event(flags, slot)
+    }
+
+    /// `C_InitToken`; slots are looked up afresh afterwards (SoftHSMv2 renumbers them).
+    pub fn init_token(&self, id: CK_SLOT_ID, so_pin: InBuf<'_>, label: &[u8; 32]) -> Result<()> {
+        let slot = self.slot(id, false)?;
+        slot.entry.policy.check_writable("C_InitToken", id)?;
+        let result = slot.backend.init_token(slot.id, so_pin, label);
+        for e in self
+            .slots
+            .iter()
+            .filter(|e| e.backend == slot.entry.backend)
+        {
+            e.forget_location();
+        }
+        result
     }
 
     /// `C_OpenSession`: opens a backend session and hands out a virtual handle for it.
@@ -105,10 +210,31 @@ impl Router {
     /// session handle, which the application must never see, and the spec lets a library never
     /// call them at all.
     pub fn open_session(&self, slot_id: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
-        let slot = self.slot(slot_id)?;
-        let handle = slot.backend.open_session(slot.id, flags)?;
+        let (_, entry) = self.entry(slot_id)?;
+        if flags & CKF_RW_SESSION != 0 {
+            entry
+                .policy
+                .check_writable("C_OpenSession (read-write)", slot_id)?;
+        }
+        let slot = match self.slot(slot_id, false) {
+            Ok(s) => s,
+            // Not found before: the token may have come back.
+            Err(Error::TokenNotPresent) => self.slot(slot_id, true)?,
+            Err(e) => return Err(e),
+        };
+        let handle = match slot.backend.open_session(slot.id, flags) {
+            // The cached location may be stale (renumbered slots): look once more.
+            Err(Error::Backend(CKR_SLOT_ID_INVALID | CKR_TOKEN_NOT_PRESENT))
+                if !slot.entry.is_passthrough() =>
+            {
+                let again = self.slot(slot_id, true)?;
+                again.backend.open_session(again.id, flags)?
+            }
+            other => other?,
+        };
         let route = SessionRoute {
-            backend: slot.backend_index,
+            backend: slot.entry.backend,
+            slot_index: slot.index,
             handle,
             slot: slot_id,
         };
@@ -135,14 +261,35 @@ impl Router {
         result
     }
 
-    /// `C_CloseAllSessions`.
+    /// `C_CloseAllSessions`. For a mapped slot only this app's sessions on it are closed, one by
+    /// one: the upstream slot may also serve other virtual slots.
     pub fn close_all_sessions(&self, slot_id: CK_SLOT_ID) -> Result<()> {
-        let slot = self.slot(slot_id)?;
-        slot.backend.close_all_sessions(slot.id)?;
-        let index = slot.backend_index;
-        self.sessions
-            .remove_where(|r| r.backend == index && r.slot == slot_id);
-        Ok(())
+        let (index, entry) = self.entry(slot_id)?;
+        if entry.is_passthrough() {
+            let backend = self.backend_of(entry);
+            backend.close_all_sessions(slot_id)?;
+            self.sessions.remove_where(|r| r.slot == slot_id);
+            return Ok(());
+        }
+        let backend = self.backend_of(entry);
+        let mut result = Ok(());
+        for route in self
+            .sessions
+            .open_routes()
+            .into_iter()
+            .filter(|r| r.slot_index == index)
+        {
+            if let Err(e) = backend.close_session(route.handle) {
+                if !matches!(
+                    e,
+                    Error::Backend(CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED)
+                ) {
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        self.sessions.remove_where(|r| r.slot_index == index);
+        result
     }
 
     /// `C_GetSessionInfo`, with the slot id the application knows.
@@ -157,7 +304,102 @@ impl Router {
         Ok(())
     }
 
-    /// Closes every session still open (C_Finalize), as far as the backends allow.
+    /// `C_Login`. On a slot that holds its upstream's credential, the application's PIN is
+    /// checked against the configured hash, and the upstream is given the credential; a wrong
+    /// PIN never reaches the upstream (so it cannot lock the HSM's PIN). SO logins pass through.
+    pub fn login(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: InBuf<'_>,
+    ) -> Result<()> {
+        let s = self.session(handle)?;
+        if user == CKU_SO || !s.entry.holds_credential() {
+            return s.backend.login(s.handle, user, pin);
+        }
+        let credential = s.entry.credential().ok_or(Error::NotInitialized)?;
+        if !credential.verify(pin.as_slice()) {
+            log::warn!(
+                "C_Login: wrong PIN for app {:?} on slot {}",
+                self.app,
+                s.slot
+            );
+            return Err(Error::PinIncorrect);
+        }
+        let secret = slots::credential_secret(&credential);
+        drop(credential);
+        s.backend.login(s.handle, user, InBuf::from_slice(&secret))
+    }
+
+    /// Refuses PIN changes on a slot whose credential p11gate holds (change it in the
+    /// configuration instead).
+    pub fn check_pin_change(&self, func: &str, s: &Session<'_>) -> Result<()> {
+        if s.entry.holds_credential() {
+            log::warn!("{func}: refused on slot {}: p11gate holds this slot's credential; change it in the configuration", s.slot);
+            return Err(Error::FunctionNotSupported);
+        }
+        Ok(())
+    }
+
+    /// `require_non_extractable` for `C_CopyObject`: the copy's protection is the template's
+    /// where it says, the source's otherwise.
+    pub fn check_copy(
+        &self,
+        func: &str,
+        s: &Session<'_>,
+        source: CK_OBJECT_HANDLE,
+        t: &Template<'_>,
+    ) -> Result<()> {
+        let policy = &s.entry.policy;
+        if !policy.require_non_extractable {
+            return Ok(());
+        }
+        let (class, extractable, sensitive) = key_protection(s, source)?;
+        if !matches!(class, Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY)) {
+            return Ok(());
+        }
+        policy.check_protected(
+            func,
+            s.slot,
+            t.bool_value(CKA_EXTRACTABLE).or(extractable),
+            t.bool_value(CKA_SENSITIVE).or(sensitive),
+        )
+    }
+
+    /// `require_non_extractable` for `C_SetAttributeValue`: making a secret or private key
+    /// extractable or not sensitive is refused.
+    pub fn check_attribute_change(
+        &self,
+        func: &str,
+        s: &Session<'_>,
+        object: CK_OBJECT_HANDLE,
+        t: &Template<'_>,
+    ) -> Result<()> {
+        let policy = &s.entry.policy;
+        if !policy.weakens_key(t) {
+            return Ok(());
+        }
+        let (class, _, _) = key_protection(s, object)?;
+        if !matches!(class, Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY)) {
+            return Ok(());
+        }
+        policy.check_protected(
+            func,
+            s.slot,
+            t.bool_value(CKA_EXTRACTABLE).or(Some(false)),
+            t.bool_value(CKA_SENSITIVE).or(Some(true)),
+        )
+    }
+
+    /// Reads every slot's credential (C_Initialize).
+    pub fn load_credentials(&self) -> Result<()> {
+        for e in &self.slots {
+            e.load_credential().map_err(Error::setup)?;
+        }
+        Ok(())
+    }
+
+    /// Closes every session still open and wipes credentials (C_Finalize).
     pub fn close_everything(&self) {
         for route in self.sessions.open_routes() {
             if let Some(b) = self.backends.get(route.backend) {
@@ -165,6 +407,10 @@ impl Router {
             }
         }
         self.forget_sessions();
+        for e in &self.slots {
+            e.drop_credential();
+            e.forget_location();
+        }
     }
 
     /// Forgets every session without calling a backend (a child after `fork()`, whose
@@ -172,4 +418,21 @@ impl Router {
     pub fn forget_sessions(&self) {
         self.sessions.remove_where(|_| true);
     }
+}
+
+/// An object's class, CKA_EXTRACTABLE and CKA_SENSITIVE, read from its backend.
+fn key_protection(
+    s: &Session<'_>,
+    object: CK_OBJECT_HANDLE,
+) -> Result<(Option<CK_OBJECT_CLASS>, Option<bool>, Option<bool>)> {
+    let mut q = AttributeQuery::new(&[CKA_CLASS, CKA_EXTRACTABLE, CKA_SENSITIVE], 8);
+    match s
+        .backend
+        .get_attribute_value(s.handle, object, q.template())
+    {
+        // Public objects have no CKA_EXTRACTABLE: the others are still filled in.
+        Ok(()) | Err(Error::Backend(CKR_ATTRIBUTE_TYPE_INVALID | CKR_ATTRIBUTE_SENSITIVE)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok((q.ulong_value(0), q.bool_value(1), q.bool_value(2)))
 }

@@ -12,7 +12,7 @@
 //! every time an entry is reused, so a stale or forged handle is refused rather than reaching
 //! some other session. Handles stay below 2^31 for clients that keep them in 32-bit integers.
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use once_cell::sync::OnceCell;
 use pkcs11_sys::{CK_SESSION_HANDLE, CK_SLOT_ID};
@@ -36,7 +36,10 @@ const FLAGS: u64 = OPEN | CLAIMED;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionRoute {
     pub backend: usize,
+    /// The index of the router's slot entry the session was opened on.
+    pub slot_index: usize,
     pub handle: CK_SESSION_HANDLE,
+    /// The virtual slot id.
     pub slot: CK_SLOT_ID,
 }
 
@@ -45,7 +48,8 @@ struct Entry {
     state: AtomicU64,
     handle: AtomicU64,
     slot: AtomicU64,
-    backend: AtomicU32,
+    /// backend << 32 | slot_index
+    owner: AtomicU64,
 }
 
 /// The table of open sessions of one runtime.
@@ -96,8 +100,10 @@ impl SessionTable {
         if state & FLAGS != OPEN || generation_of(state) != generation {
             return Err(Error::SessionHandleInvalid);
         }
+        let owner = entry.owner.load(Ordering::Relaxed);
         let route = SessionRoute {
-            backend: entry.backend.load(Ordering::Relaxed) as usize,
+            backend: (owner >> 32) as usize,
+            slot_index: (owner & 0xffff_ffff) as usize,
             handle: entry.handle.load(Ordering::Relaxed),
             slot: entry.slot.load(Ordering::Relaxed),
         };
@@ -152,7 +158,10 @@ impl SessionTable {
         fence(Ordering::Release);
         entry.handle.store(route.handle, Ordering::Relaxed);
         entry.slot.store(route.slot, Ordering::Relaxed);
-        entry.backend.store(route.backend as u32, Ordering::Relaxed);
+        entry.owner.store(
+            (route.backend as u64) << 32 | route.slot_index as u64 & 0xffff_ffff,
+            Ordering::Relaxed,
+        );
         entry
             .state
             .store((state & !FLAGS) | OPEN, Ordering::Release);
@@ -222,6 +231,7 @@ mod tests {
     fn route(h: u64) -> SessionRoute {
         SessionRoute {
             backend: 0,
+            slot_index: 1,
             handle: h,
             slot: 7,
         }
@@ -267,6 +277,7 @@ mod tests {
             .map(|i| {
                 t.insert(SessionRoute {
                     backend: 0,
+                    slot_index: 0,
                     handle: i,
                     slot: i % 2,
                 })
@@ -293,12 +304,16 @@ mod tests {
                         let h = t
                             .insert(SessionRoute {
                                 backend: n as usize,
+                                slot_index: 2,
                                 handle: real,
                                 slot: n,
                             })
                             .unwrap();
                         let r = t.get(h).unwrap();
-                        assert_eq!((r.handle, r.slot, r.backend), (real, n, n as usize));
+                        assert_eq!(
+                            (r.handle, r.slot, r.backend, r.slot_index),
+                            (real, n, n as usize, 2)
+                        );
                         assert!(t.remove(h));
                         assert_eq!(t.get(h), Err(Error::SessionHandleInvalid));
                     }

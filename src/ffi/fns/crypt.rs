@@ -10,7 +10,7 @@ use crate::ffi::boundary::{guarded, mechanism_arg};
 /// C_EncryptInit — §5.8.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_EncryptInit(
     hSession: CK_SESSION_HANDLE,
@@ -31,7 +31,9 @@ pub unsafe extern "C" fn C_EncryptInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.8).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_EncryptInit", s.slot, m.mechanism_type())?;
             s.backend.encrypt_init(s.handle, m, hKey)
         },
     )
@@ -40,7 +42,7 @@ pub unsafe extern "C" fn C_EncryptInit(
 /// C_Encrypt — §5.8.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Encrypt(
     hSession: CK_SESSION_HANDLE,
@@ -74,7 +76,7 @@ pub unsafe extern "C" fn C_Encrypt(
 /// C_EncryptUpdate — §5.8.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_EncryptUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -108,7 +110,7 @@ pub unsafe extern "C" fn C_EncryptUpdate(
 /// C_EncryptFinal — §5.8.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.8. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.8 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_EncryptFinal(
     hSession: CK_SESSION_HANDLE,
@@ -131,7 +133,7 @@ pub unsafe extern "C" fn C_EncryptFinal(
 /// C_DecryptInit — §5.9.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptInit(
     hSession: CK_SESSION_HANDLE,
@@ -152,7 +154,9 @@ pub unsafe extern "C" fn C_DecryptInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.9).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_DecryptInit", s.slot, m.mechanism_type())?;
             s.backend.decrypt_init(s.handle, m, hKey)
         },
     )
@@ -161,7 +165,7 @@ pub unsafe extern "C" fn C_DecryptInit(
 /// C_Decrypt — §5.9.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Decrypt(
     hSession: CK_SESSION_HANDLE,
@@ -195,7 +199,7 @@ pub unsafe extern "C" fn C_Decrypt(
 /// C_DecryptUpdate — §5.9.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -229,7 +233,7 @@ pub unsafe extern "C" fn C_DecryptUpdate(
 /// C_DecryptFinal — §5.9.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.9. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.9 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptFinal(
     hSession: CK_SESSION_HANDLE,
@@ -252,7 +256,7 @@ pub unsafe extern "C" fn C_DecryptFinal(
 /// C_DigestEncryptUpdate — §5.13.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestEncryptUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -286,7 +290,7 @@ pub unsafe extern "C" fn C_DigestEncryptUpdate(
 /// C_DecryptDigestUpdate — §5.13.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptDigestUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -320,7 +324,7 @@ pub unsafe extern "C" fn C_DecryptDigestUpdate(
 /// C_SignEncryptUpdate — §5.13.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignEncryptUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -354,7 +358,7 @@ pub unsafe extern "C" fn C_SignEncryptUpdate(
 /// C_DecryptVerifyUpdate — §5.13.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.13. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.13 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptVerifyUpdate(
     hSession: CK_SESSION_HANDLE,

@@ -8,7 +8,7 @@ use crate::ffi::boundary::{guarded, mechanism_arg};
 /// C_DigestInit — §5.10.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.10. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.10 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestInit(
     hSession: CK_SESSION_HANDLE,
@@ -25,7 +25,9 @@ pub unsafe extern "C" fn C_DigestInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.10).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_DigestInit", s.slot, m.mechanism_type())?;
             s.backend.digest_init(s.handle, m)
         },
     )
@@ -34,7 +36,7 @@ pub unsafe extern "C" fn C_DigestInit(
 /// C_Digest — §5.10.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.10. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.10 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Digest(
     hSession: CK_SESSION_HANDLE,
@@ -64,7 +66,7 @@ pub unsafe extern "C" fn C_Digest(
 /// C_DigestUpdate — §5.10.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.10. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.10 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -86,7 +88,7 @@ pub unsafe extern "C" fn C_DigestUpdate(
 /// C_DigestKey — §5.10.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.10. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.10 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) -> CK_RV {
     guarded(
@@ -102,7 +104,7 @@ pub unsafe extern "C" fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJEC
 /// C_DigestFinal — §5.10.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.10. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.10 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestFinal(
     hSession: CK_SESSION_HANDLE,

@@ -19,7 +19,7 @@ pub const DESCRIPTION: &str = "p11gate PKCS#11 gateway";
 /// C_Initialize — 2.40 §5.4.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.4. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.4 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(pInitArgs: CK_VOID_PTR) -> CK_RV {
     install_fork_handler();
@@ -83,7 +83,7 @@ fn init_args(args: Option<&CK_C_INITIALIZE_ARGS>) -> Result<InitArgs> {
 /// C_Finalize — 2.40 §5.4.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.4. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.4 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Finalize(pReserved: CK_VOID_PTR) -> CK_RV {
     guarded(

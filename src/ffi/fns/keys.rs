@@ -5,11 +5,12 @@ use pkcs11_sys::*;
 
 use crate::ffi::args::{out, InBuf, Mechanism, OutBuf, Template};
 use crate::ffi::boundary::{guarded, mechanism_arg};
+use crate::policy::NewObject;
 
 /// C_GenerateKey — §5.14.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GenerateKey(
     hSession: CK_SESSION_HANDLE,
@@ -39,7 +40,13 @@ pub unsafe extern "C" fn C_GenerateKey(
                 )
             };
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_GenerateKey", s.slot, m.mechanism_type())?;
+            s.entry.policy.check_writable("C_GenerateKey", s.slot)?;
+            s.entry
+                .policy
+                .check_new_key("C_GenerateKey", s.slot, NewObject::SecretKey, &t)?;
             s.backend.generate_key(s.handle, m, t, key)
         },
     )
@@ -48,7 +55,7 @@ pub unsafe extern "C" fn C_GenerateKey(
 /// C_GenerateKeyPair — §5.14.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GenerateKeyPair(
     hSession: CK_SESSION_HANDLE,
@@ -80,7 +87,16 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
                 )
             };
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_GenerateKeyPair", s.slot, m.mechanism_type())?;
+            s.entry.policy.check_writable("C_GenerateKeyPair", s.slot)?;
+            s.entry.policy.check_new_key(
+                "C_GenerateKeyPair",
+                s.slot,
+                NewObject::PrivateKey,
+                &private,
+            )?;
             s.backend
                 .generate_key_pair(s.handle, m, public, private, public_key, private_key)
         },
@@ -90,7 +106,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
 /// C_WrapKey — §5.14.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_WrapKey(
     hSession: CK_SESSION_HANDLE,
@@ -120,7 +136,9 @@ pub unsafe extern "C" fn C_WrapKey(
                 )
             };
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_WrapKey", s.slot, m.mechanism_type())?;
             s.backend.wrap_key(s.handle, m, hWrappingKey, hKey, wrapped)
         },
     )
@@ -129,7 +147,7 @@ pub unsafe extern "C" fn C_WrapKey(
 /// C_UnwrapKey — §5.14.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_UnwrapKey(
     hSession: CK_SESSION_HANDLE,
@@ -163,7 +181,13 @@ pub unsafe extern "C" fn C_UnwrapKey(
                 )
             };
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_UnwrapKey", s.slot, m.mechanism_type())?;
+            s.entry.policy.check_writable("C_UnwrapKey", s.slot)?;
+            s.entry
+                .policy
+                .check_new_key("C_UnwrapKey", s.slot, NewObject::FromTemplate, &t)?;
             s.backend
                 .unwrap_key(s.handle, m, hUnwrappingKey, wrapped, t, key)
         },
@@ -173,7 +197,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
 /// C_DeriveKey — §5.14.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.14. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.14 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DeriveKey(
     hSession: CK_SESSION_HANDLE,
@@ -204,7 +228,13 @@ pub unsafe extern "C" fn C_DeriveKey(
                 )
             };
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_DeriveKey", s.slot, m.mechanism_type())?;
+            s.entry.policy.check_writable("C_DeriveKey", s.slot)?;
+            s.entry
+                .policy
+                .check_new_key("C_DeriveKey", s.slot, NewObject::SecretKey, &t)?;
             s.backend.derive_key(s.handle, m, hBaseKey, t, key)
         },
     )

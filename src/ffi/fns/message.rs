@@ -12,7 +12,7 @@ use crate::ffi::fns::session::user_text;
 /// C_LoginUser — 3.0 §5.6. PIN and user name are forwarded, never logged.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 3.0 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 3.0 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_LoginUser(
     hSession: CK_SESSION_HANDLE,
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn C_LoginUser(
 /// C_SessionCancel — 3.0 §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 3.0 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 3.0 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SessionCancel(hSession: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
     guarded(
@@ -84,7 +84,9 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_MessageEncryptInit", s.slot, m.mechanism_type())?;
             s.backend
                 .message_init(MessageKind::Encrypt, s.handle, m, hKey)
         },
@@ -131,7 +133,9 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_MessageDecryptInit", s.slot, m.mechanism_type())?;
             s.backend
                 .message_init(MessageKind::Decrypt, s.handle, m, hKey)
         },
@@ -178,7 +182,9 @@ pub unsafe extern "C" fn C_MessageSignInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_MessageSignInit", s.slot, m.mechanism_type())?;
             s.backend.message_init(MessageKind::Sign, s.handle, m, hKey)
         },
     )
@@ -224,7 +230,9 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_MessageVerifyInit", s.slot, m.mechanism_type())?;
             s.backend
                 .message_init(MessageKind::Verify, s.handle, m, hKey)
         },

@@ -4,11 +4,12 @@ use pkcs11_sys::*;
 
 use crate::ffi::args::{out, out_slice, Template};
 use crate::ffi::boundary::guarded;
+use crate::policy::NewObject;
 
 /// C_CreateObject — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CreateObject(
     hSession: CK_SESSION_HANDLE,
@@ -23,6 +24,10 @@ pub unsafe extern "C" fn C_CreateObject(
             // SAFETY: pTemplate is NULL or has ulCount attributes; phObject NULL or writable (§5.7).
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phObject)?) };
             let s = rt.router.session(hSession)?;
+            s.entry.policy.check_writable("C_CreateObject", s.slot)?;
+            s.entry
+                .policy
+                .check_new_key("C_CreateObject", s.slot, NewObject::FromTemplate, &t)?;
             s.backend.create_object(s.handle, t, obj)
         },
     )
@@ -31,7 +36,7 @@ pub unsafe extern "C" fn C_CreateObject(
 /// C_CopyObject — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CopyObject(
     hSession: CK_SESSION_HANDLE,
@@ -47,6 +52,8 @@ pub unsafe extern "C" fn C_CopyObject(
             // SAFETY: pTemplate is NULL or has ulCount attributes; phNewObject NULL or writable (§5.7).
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phNewObject)?) };
             let s = rt.router.session(hSession)?;
+            s.entry.policy.check_writable("C_CopyObject", s.slot)?;
+            rt.router.check_copy("C_CopyObject", &s, hObject, &t)?;
             s.backend.copy_object(s.handle, hObject, t, obj)
         },
     )
@@ -55,7 +62,7 @@ pub unsafe extern "C" fn C_CopyObject(
 /// C_DestroyObject — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_DestroyObject(
     hSession: CK_SESSION_HANDLE,
@@ -66,6 +73,7 @@ pub unsafe extern "C" fn C_DestroyObject(
         || format!("hSession={hSession:#x}, hObject={hObject:#x}"),
         |rt| {
             let s = rt.router.session(hSession)?;
+            s.entry.policy.check_writable("C_DestroyObject", s.slot)?;
             s.backend.destroy_object(s.handle, hObject)
         },
     )
@@ -74,7 +82,7 @@ pub unsafe extern "C" fn C_DestroyObject(
 /// C_GetObjectSize — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetObjectSize(
     hSession: CK_SESSION_HANDLE,
@@ -97,7 +105,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
 /// the length-query convention per attribute.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetAttributeValue(
     hSession: CK_SESSION_HANDLE,
@@ -120,7 +128,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
 /// C_SetAttributeValue — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SetAttributeValue(
     hSession: CK_SESSION_HANDLE,
@@ -135,6 +143,11 @@ pub unsafe extern "C" fn C_SetAttributeValue(
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
             let t = unsafe { Template::new(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
+            s.entry
+                .policy
+                .check_writable("C_SetAttributeValue", s.slot)?;
+            rt.router
+                .check_attribute_change("C_SetAttributeValue", &s, hObject, &t)?;
             s.backend.set_attribute_value(s.handle, hObject, t)
         },
     )
@@ -143,7 +156,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 /// C_FindObjectsInit — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsInit(
     hSession: CK_SESSION_HANDLE,
@@ -165,7 +178,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
 /// C_FindObjects — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjects(
     hSession: CK_SESSION_HANDLE,
@@ -190,7 +203,7 @@ pub unsafe extern "C" fn C_FindObjects(
 /// C_FindObjectsFinal — §5.7.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.7. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guarded(

@@ -9,7 +9,7 @@ use crate::ffi::boundary::guarded;
 /// C_SeedRandom — §5.15.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.15. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.15 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SeedRandom(
     hSession: CK_SESSION_HANDLE,
@@ -31,7 +31,7 @@ pub unsafe extern "C" fn C_SeedRandom(
 /// C_GenerateRandom — §5.15.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.15. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.15 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GenerateRandom(
     hSession: CK_SESSION_HANDLE,

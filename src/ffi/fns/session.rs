@@ -9,7 +9,7 @@ use crate::ffi::boundary::guarded;
 /// `Router::open_session`): the application only ever sees p11gate's handles.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_OpenSession(
     slotID: CK_SLOT_ID,
@@ -34,7 +34,7 @@ pub unsafe extern "C" fn C_OpenSession(
 /// C_CloseSession — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guarded(
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
 /// C_CloseAllSessions — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
     guarded(
@@ -60,7 +60,7 @@ pub unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
 /// C_GetSessionInfo — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSessionInfo(
     hSession: CK_SESSION_HANDLE,
@@ -80,7 +80,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(
 /// C_GetOperationState — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetOperationState(
     hSession: CK_SESSION_HANDLE,
@@ -103,7 +103,7 @@ pub unsafe extern "C" fn C_GetOperationState(
 /// C_SetOperationState — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SetOperationState(
     hSession: CK_SESSION_HANDLE,
@@ -128,7 +128,7 @@ pub unsafe extern "C" fn C_SetOperationState(
 /// C_Login — §5.6. The PIN is forwarded, never logged.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Login(
     hSession: CK_SESSION_HANDLE,
@@ -147,8 +147,7 @@ pub unsafe extern "C" fn C_Login(
         |rt| {
             // SAFETY: pPin is NULL (protected authentication path) or has ulPinLen bytes (§5.6).
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
-            let s = rt.router.session(hSession)?;
-            s.backend.login(s.handle, userType, pin)
+            rt.router.login(hSession, userType, pin)
         },
     )
 }
@@ -156,7 +155,7 @@ pub unsafe extern "C" fn C_Login(
 /// C_Logout — §5.6.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.6. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
     guarded(

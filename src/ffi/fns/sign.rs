@@ -8,7 +8,7 @@ use crate::ffi::boundary::{guarded, mechanism_arg};
 /// C_SignInit — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignInit(
     hSession: CK_SESSION_HANDLE,
@@ -29,7 +29,9 @@ pub unsafe extern "C" fn C_SignInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.11).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_SignInit", s.slot, m.mechanism_type())?;
             s.backend.sign_init(s.handle, m, hKey)
         },
     )
@@ -38,7 +40,7 @@ pub unsafe extern "C" fn C_SignInit(
 /// C_Sign — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Sign(
     hSession: CK_SESSION_HANDLE,
@@ -68,7 +70,7 @@ pub unsafe extern "C" fn C_Sign(
 /// C_SignUpdate — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -90,7 +92,7 @@ pub unsafe extern "C" fn C_SignUpdate(
 /// C_SignFinal — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignFinal(
     hSession: CK_SESSION_HANDLE,
@@ -113,7 +115,7 @@ pub unsafe extern "C" fn C_SignFinal(
 /// C_SignRecoverInit — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignRecoverInit(
     hSession: CK_SESSION_HANDLE,
@@ -134,7 +136,9 @@ pub unsafe extern "C" fn C_SignRecoverInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.11).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_SignRecoverInit", s.slot, m.mechanism_type())?;
             s.backend.sign_recover_init(s.handle, m, hKey)
         },
     )
@@ -143,7 +147,7 @@ pub unsafe extern "C" fn C_SignRecoverInit(
 /// C_SignRecover — §5.11.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.11. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.11 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SignRecover(
     hSession: CK_SESSION_HANDLE,
@@ -173,7 +177,7 @@ pub unsafe extern "C" fn C_SignRecover(
 /// C_VerifyInit — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyInit(
     hSession: CK_SESSION_HANDLE,
@@ -194,7 +198,9 @@ pub unsafe extern "C" fn C_VerifyInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.12).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_VerifyInit", s.slot, m.mechanism_type())?;
             s.backend.verify_init(s.handle, m, hKey)
         },
     )
@@ -203,7 +209,7 @@ pub unsafe extern "C" fn C_VerifyInit(
 /// C_Verify — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Verify(
     hSession: CK_SESSION_HANDLE,
@@ -236,7 +242,7 @@ pub unsafe extern "C" fn C_Verify(
 /// C_VerifyUpdate — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyUpdate(
     hSession: CK_SESSION_HANDLE,
@@ -258,7 +264,7 @@ pub unsafe extern "C" fn C_VerifyUpdate(
 /// C_VerifyFinal — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyFinal(
     hSession: CK_SESSION_HANDLE,
@@ -280,7 +286,7 @@ pub unsafe extern "C" fn C_VerifyFinal(
 /// C_VerifyRecoverInit — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyRecoverInit(
     hSession: CK_SESSION_HANDLE,
@@ -301,7 +307,9 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.12).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
-            rt.policy.check_mechanism(s.slot, m.mechanism_type())?;
+            s.entry
+                .policy
+                .check_mechanism("C_VerifyRecoverInit", s.slot, m.mechanism_type())?;
             s.backend.verify_recover_init(s.handle, m, hKey)
         },
     )
@@ -310,7 +318,7 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
 /// C_VerifyRecover — §5.12.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.12. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.12 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyRecover(
     hSession: CK_SESSION_HANDLE,

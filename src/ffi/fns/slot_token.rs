@@ -5,11 +5,12 @@ use pkcs11_sys::*;
 use crate::error::Error;
 use crate::ffi::args::{label32, out, InBuf, OutBuf};
 use crate::ffi::boundary::guarded;
+use crate::policy::mechanism_text;
 
 /// C_GetSlotList — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotList(
     tokenPresent: CK_BBOOL,
@@ -31,7 +32,7 @@ pub unsafe extern "C" fn C_GetSlotList(
 /// C_GetSlotInfo — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: CK_SLOT_INFO_PTR) -> CK_RV {
     guarded(
@@ -40,8 +41,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: CK_SLOT_INFO_P
         |rt| {
             // SAFETY: pInfo is NULL or points to a writable CK_SLOT_INFO (§5.5).
             let info = unsafe { out(pInfo) }?;
-            let slot = rt.router.slot(slotID)?;
-            slot.backend.slot_info(slot.id, info)
+            rt.router.slot_info(slotID, info)
         },
     )
 }
@@ -49,7 +49,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: CK_SLOT_INFO_P
 /// C_GetTokenInfo — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO_PTR) -> CK_RV {
     guarded(
@@ -58,7 +58,7 @@ pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO
         |rt| {
             // SAFETY: pInfo is NULL or points to a writable CK_TOKEN_INFO (§5.5).
             let info = unsafe { out(pInfo) }?;
-            let slot = rt.router.slot(slotID)?;
+            let slot = rt.router.slot(slotID, false)?;
             slot.backend.token_info(slot.id, info)
         },
     )
@@ -67,7 +67,7 @@ pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO
 /// C_WaitForSlotEvent — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_WaitForSlotEvent(
     flags: CK_FLAGS,
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
 /// C_GetMechanismList — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetMechanismList(
     slotID: CK_SLOT_ID,
@@ -105,8 +105,7 @@ pub unsafe extern "C" fn C_GetMechanismList(
             // SAFETY: pulCount is NULL or writable; pMechanismList is NULL (length query) or has
             // room for *pulCount entries (§5.5).
             let list = unsafe { OutBuf::new(pMechanismList, pulCount) }?;
-            let slot = rt.router.slot(slotID)?;
-            slot.backend.mechanism_list(slot.id, list)
+            rt.router.mechanism_list(slotID, list)
         },
     )
 }
@@ -114,7 +113,7 @@ pub unsafe extern "C" fn C_GetMechanismList(
 /// C_GetMechanismInfo — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetMechanismInfo(
     slotID: CK_SLOT_ID,
@@ -127,8 +126,10 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
         |rt| {
             // SAFETY: pInfo is NULL or points to a writable CK_MECHANISM_INFO (§5.5).
             let info = unsafe { out(pInfo) }?;
-            let slot = rt.router.slot(slotID)?;
-            rt.policy.check_mechanism(slotID, type_)?;
+            let slot = rt.router.slot(slotID, false)?;
+            slot.entry
+                .policy
+                .check_mechanism("C_GetMechanismInfo", slotID, type_)?;
             slot.backend.mechanism_info(slot.id, type_, info)
         },
     )
@@ -137,7 +138,7 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
 /// C_InitToken — §5.5. The SO PIN is forwarded, never logged.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_InitToken(
     slotID: CK_SLOT_ID,
@@ -153,8 +154,7 @@ pub unsafe extern "C" fn C_InitToken(
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
             // SAFETY: pLabel is NULL or points to 32 readable bytes (§5.5).
             let label = unsafe { label32(pLabel) }?;
-            let slot = rt.router.slot(slotID)?;
-            slot.backend.init_token(slot.id, pin, label)
+            rt.router.init_token(slotID, pin, label)
         },
     )
 }
@@ -162,7 +162,7 @@ pub unsafe extern "C" fn C_InitToken(
 /// C_InitPIN — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_InitPIN(
     hSession: CK_SESSION_HANDLE,
@@ -176,6 +176,8 @@ pub unsafe extern "C" fn C_InitPIN(
             // SAFETY: pPin is NULL or has ulPinLen readable bytes (§5.5).
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
             let s = rt.router.session(hSession)?;
+            rt.router.check_pin_change("C_InitPIN", &s)?;
+            s.entry.policy.check_writable("C_InitPIN", s.slot)?;
             s.backend.init_pin(s.handle, pin)
         },
     )
@@ -184,7 +186,7 @@ pub unsafe extern "C" fn C_InitPIN(
 /// C_SetPIN — §5.5.
 ///
 /// # Safety
-/// Pointer arguments must be valid as PKCS#11 2.40 §5.5. specifies for this function.
+/// Pointer arguments must be valid as PKCS#11 2.40 §5.5 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SetPIN(
     hSession: CK_SESSION_HANDLE,
@@ -205,12 +207,9 @@ pub unsafe extern "C" fn C_SetPIN(
                 )
             };
             let s = rt.router.session(hSession)?;
+            rt.router.check_pin_change("C_SetPIN", &s)?;
+            s.entry.policy.check_writable("C_SetPIN", s.slot)?;
             s.backend.set_pin(s.handle, old, new)
         },
     )
-}
-
-/// A mechanism type for trace lines: its spec name, or its number.
-pub(crate) fn mechanism_text(m: CK_MECHANISM_TYPE) -> String {
-    crate::names::mechanism_name(m).map_or_else(|| format!("{m:#x}"), str::to_string)
 }

@@ -1,0 +1,268 @@
+//! `p11gate`: the command-line companion of libp11gate.so.
+//!
+//! ```text
+//! p11gate config check [FILE]   validate a configuration and show, per app, where each
+//!                               virtual slot leads and which mechanisms it may use
+//! p11gate hash-pin              make the pin_hash for a slot whose credential p11gate holds
+//! ```
+//!
+//! Exit status: 0 success, 1 the configuration (or an upstream) is not usable, 2 usage error.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pkcs11_sys::*;
+
+use p11gate::backend::upstream::Upstream;
+use p11gate::backend::{Backend, InitArgs};
+use p11gate::config::{self, Config, Source};
+use p11gate::credentials;
+use p11gate::policy::mechanism_text;
+use p11gate::router::slots::{list_of, SlotEntry};
+
+const USAGE: &str = "usage:
+  p11gate config check [FILE]   validate FILE (default: $P11GATE_CONFIG or /etc/p11gate/p11gate.toml)
+                                and print, per app, each virtual slot's upstream, token and mechanisms
+  p11gate hash-pin              read a PIN (without echo on a terminal, else one line of standard
+                                input) and print its argon2id hash for pin_hash";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["config", "check"] => config_check(None),
+        ["config", "check", file] => config_check(Some(PathBuf::from(file))),
+        ["hash-pin"] => hash_pin(),
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn config_check(file: Option<PathBuf>) -> ExitCode {
+    let path = file.unwrap_or_else(|| {
+        PathBuf::from(
+            std::env::var(config::env::CONFIG)
+                .unwrap_or_else(|_| config::DEFAULT_CONFIG_PATH.into()),
+        )
+    });
+    let config = match Config::load(&path) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            eprintln!("config {}: no such file", path.display());
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("config {}: OK", path.display());
+    match show_apps(&config, &Source::File(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints, per app, where each slot leads, asking the upstreams (initialised here, finalised
+/// before returning).
+fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
+    let mut upstreams: Vec<Option<Upstream>> = config.upstreams.iter().map(|_| None).collect();
+    let result = (|| {
+        let apps: Vec<String> = if config.apps.is_empty() {
+            vec![config::DEFAULT_APP_NAME.to_string()]
+        } else {
+            config
+                .apps
+                .iter()
+                .map(|a| a.name.get_ref().clone())
+                .collect()
+        };
+        let default = config.default_app.as_ref().map(|d| d.get_ref().as_str());
+        for name in apps {
+            let app = config
+                .select_app(Some(&name), source)
+                .map_err(|e| e.to_string())?;
+            let marker = if default == Some(name.as_str()) {
+                " (default_app)"
+            } else {
+                ""
+            };
+            println!("app {name:?}{marker}:");
+            if config.slots.is_empty() {
+                let u = &config.upstreams[0];
+                println!(
+                    "  all slots of upstream {:?} ({}), ids unchanged",
+                    u.name.get_ref(),
+                    u.path.display()
+                );
+                let backend = upstream(config, &mut upstreams, 0)?;
+                let policy = config.upstream_policy(0);
+                for slot in
+                    p11gate::router::slots::slot_ids(backend, true).map_err(|e| e.to_string())?
+                {
+                    print!("  slot {slot:#x}: ");
+                    show_mechanisms(backend, slot, &policy.mechanisms);
+                }
+                continue;
+            }
+            for &i in &app.slots {
+                let slot = &config.slots[i];
+                let u = config
+                    .upstream_index(slot.upstream.get_ref())
+                    .ok_or("unknown upstream")?;
+                let backend = upstream(config, &mut upstreams, u)?;
+                let policy = config.slot_policy(i);
+                let target = slot.target();
+                let entry = SlotEntry::new(
+                    slot.id.get_ref().0,
+                    0,
+                    Some(target.clone()),
+                    policy.clone(),
+                    None,
+                );
+                let found = entry.find(backend);
+                println!(
+                    "  slot {} -> upstream {:?} ({}), {target}: {}",
+                    slot.id.get_ref().0,
+                    slot.upstream.get_ref(),
+                    config.upstreams[u].path.display(),
+                    found.map_or_else(
+                        || "not present".to_string(),
+                        |id| format!("upstream slot {id:#x}")
+                    )
+                );
+                print!("    ");
+                match found {
+                    Some(real) => show_mechanisms(backend, real, &policy.mechanisms),
+                    None => println!("mechanisms: unknown (token not present)"),
+                }
+                let mut notes = Vec::new();
+                if slot.credential_source().is_some() {
+                    notes.push("p11gate holds the upstream credential (PIN mapped)");
+                }
+                if policy.require_non_extractable {
+                    notes.push("require_non_extractable");
+                }
+                if policy.read_only {
+                    notes.push("read_only");
+                }
+                if !notes.is_empty() {
+                    println!("    {}", notes.join(", "));
+                }
+            }
+        }
+        Ok(())
+    })();
+    for u in upstreams.iter().flatten() {
+        let _ = u.finalize();
+    }
+    result
+}
+
+fn upstream<'a>(
+    config: &Config,
+    loaded: &'a mut [Option<Upstream>],
+    index: usize,
+) -> Result<&'a Upstream, String> {
+    if loaded[index].is_none() {
+        let u = Upstream::load(&config.upstreams[index]).map_err(|e| e.to_string())?;
+        u.initialize(&InitArgs {
+            flags: CKF_OS_LOCKING_OK,
+            mutexes: None,
+        })
+        .map_err(|e| {
+            format!(
+                "upstream {:?}: C_Initialize returned {e}",
+                config.upstreams[index].name.get_ref()
+            )
+        })?;
+        loaded[index] = Some(u);
+    }
+    Ok(loaded[index].as_ref().expect("loaded above"))
+}
+
+fn show_mechanisms(
+    backend: &Upstream,
+    slot: CK_SLOT_ID,
+    filter: &p11gate::policy::MechanismFilter,
+) {
+    match list_of(|o| backend.mechanism_list(slot, o)) {
+        Ok(all) => {
+            let filtered: Vec<String> = all
+                .iter()
+                .filter(|m| filter.refusal(**m).is_some())
+                .map(|m| mechanism_text(*m))
+                .collect();
+            let allowed = all.len() - filtered.len();
+            if filtered.is_empty() {
+                println!("mechanisms: {allowed} allowed, 0 filtered");
+            } else {
+                println!(
+                    "mechanisms: {allowed} allowed, {} filtered ({})",
+                    filtered.len(),
+                    filtered.join(", ")
+                );
+            }
+        }
+        Err(e) => println!("mechanisms: unknown (C_GetMechanismList returned {e})"),
+    }
+}
+
+fn hash_pin() -> ExitCode {
+    let pin = match read_pin() {
+        Ok(pin) => pin,
+        Err(e) => {
+            eprintln!("hash-pin: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if pin.is_empty() {
+        eprintln!("hash-pin: the PIN is empty");
+        return ExitCode::from(1);
+    }
+    match credentials::hash_pin(pin.as_bytes()) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hash-pin: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The PIN, from the terminal without echo (asked twice), or one line of standard input.
+fn read_pin() -> Result<zeroize::Zeroizing<String>, String> {
+    if std::io::stdin().is_terminal() {
+        let first = zeroize::Zeroizing::new(
+            rpassword::prompt_password("PIN: ").map_err(|e| e.to_string())?,
+        );
+        let again = zeroize::Zeroizing::new(
+            rpassword::prompt_password("PIN again: ").map_err(|e| e.to_string())?,
+        );
+        if *first != *again {
+            return Err("the two PINs differ".into());
+        }
+        return Ok(first);
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let trimmed = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(trimmed);
+    let _ = std::io::stderr().flush();
+    Ok(line)
+}

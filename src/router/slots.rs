@@ -1,0 +1,216 @@
+//! The slots one app may use, and how each finds its token on its upstream.
+//!
+//! A mapped slot has a fixed virtual id from the configuration and a target: a token label,
+//! a token serial, or an upstream slot id. Labels and serials are looked up on the upstream
+//! (`C_GetSlotList` + `C_GetTokenInfo`) when first needed and again on each `C_GetSlotList`
+//! and `C_OpenSession`, so a token that SoftHSMv2 renumbered, or an HSM that came back, is
+//! found; the virtual id never changes.
+//!
+//! Without `[[slot]]` entries there is one passthrough entry: the upstream's own slot ids,
+//! unchanged.
+
+use parking_lot::RwLock;
+use pkcs11_sys::*;
+use zeroize::Zeroizing;
+
+use crate::backend::Backend;
+use crate::config::TokenTarget;
+use crate::credentials::{Credential, CredentialSource};
+use crate::error::Result;
+use crate::ffi::args::OutBuf;
+use crate::policy::SlotPolicy;
+
+/// One slot the app may use.
+#[derive(Debug)]
+pub struct SlotEntry {
+    /// The virtual slot id (unused for the passthrough entry).
+    pub id: CK_SLOT_ID,
+    /// The index of its backend in the router.
+    pub backend: usize,
+    /// `None` for the passthrough entry.
+    pub target: Option<TokenTarget>,
+    pub policy: SlotPolicy,
+    /// Where its upstream credential comes from, with the hash of the app's PIN.
+    pub credential_source: Option<(CredentialSource, String)>,
+    /// The credential read at the last `C_Initialize`.
+    credential: RwLock<Option<std::sync::Arc<Credential>>>,
+    /// The upstream slot id last found for the target.
+    found: RwLock<Option<CK_SLOT_ID>>,
+}
+
+impl SlotEntry {
+    pub fn new(
+        id: CK_SLOT_ID,
+        backend: usize,
+        target: Option<TokenTarget>,
+        policy: SlotPolicy,
+        credential_source: Option<(CredentialSource, String)>,
+    ) -> SlotEntry {
+        SlotEntry {
+            id,
+            backend,
+            target,
+            policy,
+            credential_source,
+            credential: RwLock::new(None),
+            found: RwLock::new(None),
+        }
+    }
+
+    pub fn is_passthrough(&self) -> bool {
+        self.target.is_none()
+    }
+
+    /// Reads the upstream credential (at `C_Initialize`).
+    pub fn load_credential(&self) -> std::result::Result<(), String> {
+        let loaded = match &self.credential_source {
+            Some((source, hash)) => Some(std::sync::Arc::new(
+                Credential::load(source, hash).map_err(|e| format!("slot {}: {e}", self.id))?,
+            )),
+            None => None,
+        };
+        *self.credential.write() = loaded;
+        Ok(())
+    }
+
+    /// Wipes the credential from memory (at `C_Finalize`).
+    pub fn drop_credential(&self) {
+        *self.credential.write() = None;
+    }
+
+    /// The credential, when the slot holds one.
+    pub fn credential(&self) -> Option<std::sync::Arc<Credential>> {
+        self.credential.read().clone()
+    }
+
+    /// Whether this slot holds its upstream's credential (then the app's PIN is mapped).
+    pub fn holds_credential(&self) -> bool {
+        self.credential_source.is_some()
+    }
+
+    /// The upstream slot id found last time, without asking the upstream.
+    pub fn cached(&self) -> Option<CK_SLOT_ID> {
+        match &self.target {
+            Some(TokenTarget::Slot(id)) => Some(*id),
+            _ => *self.found.read(),
+        }
+    }
+
+    /// Asks the upstream where the token is now (no lock is held while it answers).
+    pub fn find(&self, backend: &dyn Backend) -> Option<CK_SLOT_ID> {
+        let found = match &self.target {
+            None => return None,
+            Some(TokenTarget::Slot(id)) => return Some(*id),
+            Some(TokenTarget::Label(label)) => {
+                find_token(backend, |t| trimmed(&t.label) == label.as_bytes())
+            }
+            Some(TokenTarget::Serial(serial)) => {
+                find_token(backend, |t| trimmed(&t.serialNumber) == serial.as_bytes())
+            }
+        };
+        *self.found.write() = found;
+        found
+    }
+
+    /// The upstream slot id: the cached one, or a fresh look-up.
+    pub fn resolve(&self, backend: &dyn Backend) -> Option<CK_SLOT_ID> {
+        self.cached().or_else(|| self.find(backend))
+    }
+
+    /// Forgets where the token was (after something that renumbers slots, such as C_InitToken).
+    pub fn forget_location(&self) {
+        *self.found.write() = None;
+    }
+}
+
+/// A blank-padded PKCS#11 string without its padding.
+fn trimmed(field: &[u8]) -> &[u8] {
+    let end = field
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |i| i + 1);
+    &field[..end]
+}
+
+/// The first slot with a token whose info matches.
+fn find_token(
+    backend: &dyn Backend,
+    matches: impl Fn(&CK_TOKEN_INFO) -> bool,
+) -> Option<CK_SLOT_ID> {
+    let slots = slot_ids(backend, true).ok()?;
+    slots.into_iter().find(|&slot| {
+        let mut info = CK_TOKEN_INFO::default();
+        backend.token_info(slot, &mut info).is_ok() && matches(&info)
+    })
+}
+
+/// The backend's slot list, by the two-call convention.
+pub fn slot_ids(backend: &dyn Backend, token_present: bool) -> Result<Vec<CK_SLOT_ID>> {
+    list_of(|out| backend.slot_list(token_present, out))
+}
+
+/// Collects a two-call list (length query, then fill; again if it grew in between).
+pub fn list_of<T: Copy + Default>(
+    mut call: impl FnMut(OutBuf<'_, T>) -> Result<()>,
+) -> Result<Vec<T>> {
+    loop {
+        let mut count: CK_ULONG = 0;
+        call(OutBuf::length_query(&mut count))?;
+        let mut list = vec![T::default(); count as usize];
+        let mut len: CK_ULONG = 0;
+        match call(OutBuf::from_slice(&mut list, &mut len)) {
+            Ok(()) => {
+                list.truncate(len as usize);
+                return Ok(list);
+            }
+            Err(crate::error::Error::Backend(CKR_BUFFER_TOO_SMALL)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A slot description for a slot whose token is not there (C_GetSlotInfo).
+pub fn absent_slot_info(entry: &SlotEntry, upstream: &str) -> CK_SLOT_INFO {
+    let mut info = CK_SLOT_INFO::default();
+    let target = entry
+        .target
+        .as_ref()
+        .map_or_else(String::new, |t| t.to_string());
+    pad(
+        &mut info.slotDescription,
+        &format!(
+            "p11gate slot {}: {target} not found on {upstream}",
+            entry.id
+        ),
+    );
+    pad(&mut info.manufacturerID, "p11gate");
+    info.flags = CKF_REMOVABLE_DEVICE;
+    info.hardwareVersion = CK_VERSION::default();
+    info.firmwareVersion = CK_VERSION::default();
+    info
+}
+
+fn pad(field: &mut [u8], text: &str) {
+    field.fill(b' ');
+    let n = text.len().min(field.len());
+    field[..n].copy_from_slice(&text.as_bytes()[..n]);
+}
+
+/// The stored credential for `C_Login`, copied out so that no lock is held while the upstream
+/// is called.
+pub fn credential_secret(c: &Credential) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(c.secret().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_lose_their_padding() {
+        let mut field = [b' '; 32];
+        field[..7].copy_from_slice(b"vault-a");
+        assert_eq!(trimmed(&field), b"vault-a");
+        assert_eq!(trimmed(&[b' '; 32]), b"");
+    }
+}
