@@ -41,6 +41,11 @@ pub enum Error {
     TokenNotPresent,
     /// The application's PIN does not match the slot's PIN hash.
     PinIncorrect,
+    /// An object handle that was not handed out on the session's slot (per argument role).
+    ObjectHandleInvalid,
+    KeyHandleInvalid,
+    WrappingKeyHandleInvalid,
+    UnwrappingKeyHandleInvalid,
     /// The configuration is invalid or an upstream cannot be loaded; the text says exactly what.
     /// Logged once where it arises; C_Initialize returns `CKR_GENERAL_ERROR`.
     Setup(String),
@@ -69,6 +74,10 @@ impl Error {
             Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
             Error::TokenNotPresent => CKR_TOKEN_NOT_PRESENT,
             Error::PinIncorrect => CKR_PIN_INCORRECT,
+            Error::ObjectHandleInvalid => CKR_OBJECT_HANDLE_INVALID,
+            Error::KeyHandleInvalid => CKR_KEY_HANDLE_INVALID,
+            Error::WrappingKeyHandleInvalid => CKR_WRAPPING_KEY_HANDLE_INVALID,
+            Error::UnwrappingKeyHandleInvalid => CKR_UNWRAPPING_KEY_HANDLE_INVALID,
             Error::Setup(_) | Error::Panic => CKR_GENERAL_ERROR,
         }
     }

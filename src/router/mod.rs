@@ -10,6 +10,7 @@
 //! in its configured order; any other id is `CKR_SLOT_ID_INVALID`. Without them, the single
 //! upstream's slot ids pass through unchanged.
 
+pub mod objects;
 pub mod sessions;
 pub mod slots;
 
@@ -18,6 +19,7 @@ use pkcs11_sys::*;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ffi::args::{AttributeQuery, InBuf, OutBuf, Template};
+use objects::ObjectScopes;
 use sessions::{SessionRoute, SessionTable};
 use slots::SlotEntry;
 
@@ -31,6 +33,8 @@ pub struct Session<'a> {
     pub slot: CK_SLOT_ID,
     /// The slot's entry: its policy and credential.
     pub entry: &'a SlotEntry,
+    /// The index of that entry in the router.
+    pub slot_index: usize,
 }
 
 /// A resolved slot with a present token.
@@ -50,16 +54,20 @@ pub struct Router {
     backends: Vec<Box<dyn Backend>>,
     slots: Vec<SlotEntry>,
     sessions: SessionTable,
+    /// Kept only when a backend serves several of the app's slots.
+    objects: Option<ObjectScopes>,
 }
 
 impl Router {
     /// `slots` is either one passthrough entry, or the app's mapped slots in its order.
     pub fn new(app: String, backends: Vec<Box<dyn Backend>>, slots: Vec<SlotEntry>) -> Router {
+        let objects = ObjectScopes::new(&slots);
         Router {
             app,
             backends,
             slots,
             sessions: SessionTable::default(),
+            objects,
         }
     }
 
@@ -100,6 +108,7 @@ impl Router {
             handle: route.handle,
             slot: route.slot,
             entry,
+            slot_index: route.slot_index,
         })
     }
 
@@ -339,6 +348,36 @@ impl Router {
             return Err(Error::FunctionNotSupported);
         }
         Ok(())
+    }
+
+    /// Refuses an object handle that was not handed out on the session's slot, where handles
+    /// of several slots share one backend ([`objects`]); `invalid` is the code for its role.
+    #[inline]
+    pub fn check_object(
+        &self,
+        s: &Session<'_>,
+        handle: CK_OBJECT_HANDLE,
+        invalid: Error,
+    ) -> Result<()> {
+        match &self.objects {
+            None => Ok(()),
+            Some(o) => o.check(s.entry.backend, s.slot_index, handle, invalid),
+        }
+    }
+
+    /// Notes object handles handed out on the session's slot.
+    #[inline]
+    pub fn record_objects(&self, s: &Session<'_>, handles: &[CK_OBJECT_HANDLE]) {
+        if let Some(o) = &self.objects {
+            o.record(s.entry.backend, s.slot_index, handles);
+        }
+    }
+
+    /// Forgets a destroyed object.
+    pub fn forget_object(&self, s: &Session<'_>, handle: CK_OBJECT_HANDLE) {
+        if let Some(o) = &self.objects {
+            o.forget(s.entry.backend, handle);
+        }
     }
 
     /// `require_non_extractable` for `C_CopyObject`: the copy's protection is the template's

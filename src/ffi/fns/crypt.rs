@@ -4,6 +4,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{InBuf, Mechanism, OutBuf};
 use crate::ffi::boundary::{guarded, mechanism_arg};
 
@@ -34,6 +36,7 @@ pub unsafe extern "C" fn C_EncryptInit(
             s.entry
                 .policy
                 .check_mechanism("C_EncryptInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.encrypt_init(s.handle, m, hKey)
         },
     )
@@ -157,6 +160,7 @@ pub unsafe extern "C" fn C_DecryptInit(
             s.entry
                 .policy
                 .check_mechanism("C_DecryptInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.decrypt_init(s.handle, m, hKey)
         },
     )

@@ -2,6 +2,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{InBuf, Mechanism, OutBuf};
 use crate::ffi::boundary::{guarded, mechanism_arg};
 
@@ -96,6 +98,7 @@ pub unsafe extern "C" fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJEC
         || format!("hSession={hSession:#x}, hKey={hKey:#x}"),
         |rt| {
             let s = rt.router.session(hSession)?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.digest_key(s.handle, hKey)
         },
     )

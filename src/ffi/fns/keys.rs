@@ -3,6 +3,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{out, InBuf, Mechanism, OutBuf, Template};
 use crate::ffi::boundary::{guarded, mechanism_arg};
 use crate::policy::NewObject;
@@ -47,7 +49,9 @@ pub unsafe extern "C" fn C_GenerateKey(
             s.entry
                 .policy
                 .check_new_key("C_GenerateKey", s.slot, NewObject::SecretKey, &t)?;
-            s.backend.generate_key(s.handle, m, t, key)
+            s.backend.generate_key(s.handle, m, t, &mut *key)?;
+            rt.router.record_objects(&s, &[*key]);
+            Ok(())
         },
     )
 }
@@ -97,8 +101,16 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
                 NewObject::PrivateKey,
                 &private,
             )?;
-            s.backend
-                .generate_key_pair(s.handle, m, public, private, public_key, private_key)
+            s.backend.generate_key_pair(
+                s.handle,
+                m,
+                public,
+                private,
+                &mut *public_key,
+                &mut *private_key,
+            )?;
+            rt.router.record_objects(&s, &[*public_key, *private_key]);
+            Ok(())
         },
     )
 }
@@ -139,6 +151,9 @@ pub unsafe extern "C" fn C_WrapKey(
             s.entry
                 .policy
                 .check_mechanism("C_WrapKey", s.slot, m.mechanism_type())?;
+            rt.router
+                .check_object(&s, hWrappingKey, Error::WrappingKeyHandleInvalid)?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.wrap_key(s.handle, m, hWrappingKey, hKey, wrapped)
         },
     )
@@ -188,8 +203,12 @@ pub unsafe extern "C" fn C_UnwrapKey(
             s.entry
                 .policy
                 .check_new_key("C_UnwrapKey", s.slot, NewObject::FromTemplate, &t)?;
+            rt.router
+                .check_object(&s, hUnwrappingKey, Error::UnwrappingKeyHandleInvalid)?;
             s.backend
-                .unwrap_key(s.handle, m, hUnwrappingKey, wrapped, t, key)
+                .unwrap_key(s.handle, m, hUnwrappingKey, wrapped, t, &mut *key)?;
+            rt.router.record_objects(&s, &[*key]);
+            Ok(())
         },
     )
 }
@@ -235,7 +254,11 @@ pub unsafe extern "C" fn C_DeriveKey(
             s.entry
                 .policy
                 .check_new_key("C_DeriveKey", s.slot, NewObject::SecretKey, &t)?;
-            s.backend.derive_key(s.handle, m, hBaseKey, t, key)
+            rt.router
+                .check_object(&s, hBaseKey, Error::KeyHandleInvalid)?;
+            s.backend.derive_key(s.handle, m, hBaseKey, t, &mut *key)?;
+            rt.router.record_objects(&s, &[*key]);
+            Ok(())
         },
     )
 }

@@ -4,6 +4,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::backend::MessageKind;
 use crate::ffi::args::{InBuf, Mechanism, MessageSignature, OutBuf, Param, SignatureDirection};
 use crate::ffi::boundary::{guarded, mechanism_arg};
@@ -87,6 +89,7 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
             s.entry
                 .policy
                 .check_mechanism("C_MessageEncryptInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend
                 .message_init(MessageKind::Encrypt, s.handle, m, hKey)
         },
@@ -136,6 +139,7 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
             s.entry
                 .policy
                 .check_mechanism("C_MessageDecryptInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend
                 .message_init(MessageKind::Decrypt, s.handle, m, hKey)
         },
@@ -185,6 +189,7 @@ pub unsafe extern "C" fn C_MessageSignInit(
             s.entry
                 .policy
                 .check_mechanism("C_MessageSignInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.message_init(MessageKind::Sign, s.handle, m, hKey)
         },
     )
@@ -233,6 +238,7 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
             s.entry
                 .policy
                 .check_mechanism("C_MessageVerifyInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend
                 .message_init(MessageKind::Verify, s.handle, m, hKey)
         },

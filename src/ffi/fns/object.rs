@@ -2,6 +2,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{out, out_slice, Template};
 use crate::ffi::boundary::guarded;
 use crate::policy::NewObject;
@@ -28,7 +30,9 @@ pub unsafe extern "C" fn C_CreateObject(
             s.entry
                 .policy
                 .check_new_key("C_CreateObject", s.slot, NewObject::FromTemplate, &t)?;
-            s.backend.create_object(s.handle, t, obj)
+            s.backend.create_object(s.handle, t, &mut *obj)?;
+            rt.router.record_objects(&s, &[*obj]);
+            Ok(())
         },
     )
 }
@@ -53,8 +57,12 @@ pub unsafe extern "C" fn C_CopyObject(
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phNewObject)?) };
             let s = rt.router.session(hSession)?;
             s.entry.policy.check_writable("C_CopyObject", s.slot)?;
+            rt.router
+                .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             rt.router.check_copy("C_CopyObject", &s, hObject, &t)?;
-            s.backend.copy_object(s.handle, hObject, t, obj)
+            s.backend.copy_object(s.handle, hObject, t, &mut *obj)?;
+            rt.router.record_objects(&s, &[*obj]);
+            Ok(())
         },
     )
 }
@@ -74,7 +82,11 @@ pub unsafe extern "C" fn C_DestroyObject(
         |rt| {
             let s = rt.router.session(hSession)?;
             s.entry.policy.check_writable("C_DestroyObject", s.slot)?;
-            s.backend.destroy_object(s.handle, hObject)
+            rt.router
+                .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
+            s.backend.destroy_object(s.handle, hObject)?;
+            rt.router.forget_object(&s, hObject);
+            Ok(())
         },
     )
 }
@@ -96,6 +108,8 @@ pub unsafe extern "C" fn C_GetObjectSize(
             // SAFETY: pulSize is NULL or writable (§5.7).
             let size = unsafe { out(pulSize) }?;
             let s = rt.router.session(hSession)?;
+            rt.router
+                .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             s.backend.object_size(s.handle, hObject, size)
         },
     )
@@ -120,6 +134,8 @@ pub unsafe extern "C" fn C_GetAttributeValue(
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
             let t = unsafe { Template::new(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
+            rt.router
+                .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             s.backend.get_attribute_value(s.handle, hObject, t)
         },
     )
@@ -146,6 +162,8 @@ pub unsafe extern "C" fn C_SetAttributeValue(
             s.entry
                 .policy
                 .check_writable("C_SetAttributeValue", s.slot)?;
+            rt.router
+                .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             rt.router
                 .check_attribute_change("C_SetAttributeValue", &s, hObject, &t)?;
             s.backend.set_attribute_value(s.handle, hObject, t)
@@ -195,7 +213,10 @@ pub unsafe extern "C" fn C_FindObjects(
             let (found, count) =
                 unsafe { (out_slice(phObject, ulMaxObjectCount)?, out(pulObjectCount)?) };
             let s = rt.router.session(hSession)?;
-            s.backend.find_objects(s.handle, found, count)
+            s.backend.find_objects(s.handle, &mut *found, &mut *count)?;
+            rt.router
+                .record_objects(&s, &found[..(*count as usize).min(found.len())]);
+            Ok(())
         },
     )
 }

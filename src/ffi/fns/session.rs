@@ -2,6 +2,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{out, InBuf, OutBuf};
 use crate::ffi::boundary::guarded;
 
@@ -119,6 +121,10 @@ pub unsafe extern "C" fn C_SetOperationState(
             // SAFETY: NULL or ulOperationStateLen readable bytes (§5.6).
             let state = unsafe { InBuf::new(pOperationState, ulOperationStateLen) }?;
             let s = rt.router.session(hSession)?;
+            rt.router
+                .check_object(&s, hEncryptionKey, Error::KeyHandleInvalid)?;
+            rt.router
+                .check_object(&s, hAuthenticationKey, Error::KeyHandleInvalid)?;
             s.backend
                 .set_operation_state(s.handle, state, hEncryptionKey, hAuthenticationKey)
         },

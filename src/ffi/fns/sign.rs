@@ -2,6 +2,8 @@
 
 use pkcs11_sys::*;
 
+use crate::error::Error;
+
 use crate::ffi::args::{InBuf, Mechanism, OutBuf};
 use crate::ffi::boundary::{guarded, mechanism_arg};
 
@@ -32,6 +34,7 @@ pub unsafe extern "C" fn C_SignInit(
             s.entry
                 .policy
                 .check_mechanism("C_SignInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.sign_init(s.handle, m, hKey)
         },
     )
@@ -139,6 +142,7 @@ pub unsafe extern "C" fn C_SignRecoverInit(
             s.entry
                 .policy
                 .check_mechanism("C_SignRecoverInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.sign_recover_init(s.handle, m, hKey)
         },
     )
@@ -201,6 +205,7 @@ pub unsafe extern "C" fn C_VerifyInit(
             s.entry
                 .policy
                 .check_mechanism("C_VerifyInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.verify_init(s.handle, m, hKey)
         },
     )
@@ -310,6 +315,7 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
             s.entry
                 .policy
                 .check_mechanism("C_VerifyRecoverInit", s.slot, m.mechanism_type())?;
+            rt.router.check_object(&s, hKey, Error::KeyHandleInvalid)?;
             s.backend.verify_recover_init(s.handle, m, hKey)
         },
     )
