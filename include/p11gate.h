@@ -81,10 +81,11 @@ extern "C" {
 /* Diagnostic verbosity: error | warn | info | debug | trace. */
 #define P11GATE_ENV_LOG_LEVEL "P11GATE_LOG_LEVEL"
 
-/* Name of the application this process is, selecting its slot visibility in the configuration. */
+/* Name of the application this process is ([[app]] in the configuration; overrides default_app):
+ * it sees only that app's virtual slots. Set it in each Vault server's service environment. */
 #define P11GATE_ENV_APP "P11GATE_APP"
 
-/* Number of slots of the built-in soft token, and where it stores its objects. */
+/* Reserved for the built-in soft token (a later version): its number of slots and its storage. */
 #define P11GATE_ENV_NUM_SLOTS "P11GATE_NUM_SLOTS"
 #define P11GATE_ENV_HOME "P11GATE_HOME"
 
@@ -118,9 +119,29 @@ extern "C" {
 /* A slot that is hidden from this application. */
 #define P11GATE_RV_SLOT_HIDDEN CKR_SLOT_ID_INVALID
 
-/* A PKCS#11 3.0 function called through an export when the upstream does not offer 3.0, and any
- * panic inside p11gate (caught at the boundary, logged; the host process is not aborted). */
+/* A configured virtual slot whose token (by label or serial) is not found on its upstream now. */
+#define P11GATE_RV_TOKEN_MISSING CKR_TOKEN_NOT_PRESENT
+
+/* require_non_extractable: a secret or private key whose template does not state
+ * CKA_EXTRACTABLE=FALSE and CKA_SENSITIVE=TRUE, or an attribute change that would weaken one. */
+#define P11GATE_RV_KEY_POLICY CKR_TEMPLATE_INCONSISTENT
+
+/* read_only: a read-write session or an object-changing call. */
+#define P11GATE_RV_READ_ONLY CKR_TOKEN_WRITE_PROTECTED
+
+/* A slot whose upstream credential p11gate holds: the application's PIN does not match pin_hash
+ * (the HSM is not asked, so its PIN counter is untouched). */
+#define P11GATE_RV_APP_PIN_WRONG CKR_PIN_INCORRECT
+
+/* An object handle handed out on another slot of the same upstream module (per argument:
+ * CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID, CKR_WRAPPING_KEY_HANDLE_INVALID,
+ * CKR_UNWRAPPING_KEY_HANDLE_INVALID). */
+#define P11GATE_RV_FOREIGN_OBJECT CKR_OBJECT_HANDLE_INVALID
+
+/* A PKCS#11 3.0 function called through an export when the upstream does not offer 3.0. */
 #define P11GATE_RV_NOT_SUPPORTED CKR_FUNCTION_NOT_SUPPORTED
+
+/* Any panic inside p11gate (caught at the boundary, logged; the host process is not aborted). */
 #define P11GATE_RV_INTERNAL_ERROR CKR_GENERAL_ERROR
 
 /* ------------------------------------------------------------------------------------------------
