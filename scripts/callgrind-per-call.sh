@@ -35,6 +35,9 @@ for prog in valgrind strace; do
 done
 
 if [ -z "${BENCH_EXE:-}" ]; then
+    # The bench loads the libp11gate.so beside it; `cargo bench --no-run` alone does not rebuild
+    # the cdylib, so build it first or the counts would be of a stale library.
+    cargo build --release --lib --quiet
     BENCH_EXE=$(cargo bench --bench forwarding --no-run --message-format=json 2>/dev/null |
         grep -o '"executable":"[^"]*/forwarding-[^"]*"' | tail -1 | sed 's/^"executable":"//; s/"$//')
 fi
