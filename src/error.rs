@@ -47,8 +47,9 @@ pub enum Error {
     WrappingKeyHandleInvalid,
     UnwrappingKeyHandleInvalid,
     /// The configuration is invalid or an upstream cannot be loaded; the text says exactly what.
-    /// Logged once where it arises; C_Initialize returns `CKR_GENERAL_ERROR`.
-    Setup(String),
+    /// Logged once where it arises; C_Initialize returns `CKR_GENERAL_ERROR`. Boxed so that an
+    /// `Error` is two words and every `Result` on the hot path comes back in registers.
+    Setup(Box<String>),
     /// A panic was caught at the C boundary (a bug in p11gate; logged).
     Panic,
 }
@@ -58,6 +59,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// The `CK_RV` the C caller receives. This is the only mapping in the crate.
+    #[inline]
     pub fn rv(&self) -> CK_RV {
         match self {
             Error::Backend(rv) => *rv,
@@ -83,8 +85,9 @@ impl Error {
     }
 
     /// A setup error with its message.
+    #[cold]
     pub fn setup(msg: impl Into<String>) -> Self {
-        Error::Setup(msg.into())
+        Error::Setup(Box::new(msg.into()))
     }
 }
 
@@ -125,6 +128,11 @@ mod tests {
             assert_eq!(check(rv).unwrap_err().rv(), rv);
         }
         assert_eq!(check(CKR_OK), Ok(()));
+    }
+
+    #[test]
+    fn errors_are_two_words() {
+        assert_eq!(std::mem::size_of::<Result<()>>(), 16);
     }
 
     #[test]

@@ -302,6 +302,7 @@ impl Router {
     }
 
     /// `C_GetSessionInfo`, with the slot id the application knows.
+    #[inline]
     pub fn session_info(
         &self,
         handle: CK_SESSION_HANDLE,

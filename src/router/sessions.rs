@@ -8,9 +8,10 @@
 //! with compare-and-swap, so there is no lock to be left held by a thread that vanished in
 //! `fork()` either.
 //!
-//! A handle is `generation << INDEX_BITS | index`. The generation (1..=MAX_GENERATION) changes
-//! every time an entry is reused, so a stale or forged handle is refused rather than reaching
-//! some other session. Handles stay below 2^31 for clients that keep them in 32-bit integers.
+//! A handle is `generation << INDEX_BITS | (index + 1)`, never 0. The generation (13 bits)
+//! changes every time an entry is reused, so a stale or forged handle is refused rather than
+//! reaching some other session. Handles stay below 2^31 for clients that keep them in 32-bit
+//! integers.
 
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
@@ -23,9 +24,10 @@ const INDEX_BITS: u32 = 18;
 const CHUNK_BITS: u32 = 10;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 const CHUNKS: usize = 1 << (INDEX_BITS - CHUNK_BITS);
-/// The most sessions open at once through one p11gate runtime (262,144).
-pub const MAX_SESSIONS: usize = 1 << INDEX_BITS;
-const MAX_GENERATION: u64 = (1 << 13) - 1;
+/// The most sessions open at once through one p11gate runtime (262,143).
+pub const MAX_SESSIONS: usize = (1 << INDEX_BITS) - 1;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const GENERATION_MASK: u64 = (1 << 13) - 1;
 
 // An entry's state word: generation << 2 | flags.
 const OPEN: u64 = 1;
@@ -43,7 +45,7 @@ pub struct SessionRoute {
     pub slot: CK_SLOT_ID,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
     state: AtomicU64,
     handle: AtomicU64,
@@ -55,25 +57,51 @@ struct Entry {
 /// The table of open sessions of one runtime.
 #[derive(Debug)]
 pub struct SessionTable {
-    chunks: Box<[OnceCell<Box<[Entry]>>]>,
+    /// Fixed sizes, so that indexing with masked bits needs no bounds checks on the hot path.
+    chunks: Box<[OnceCell<Box<[Entry; CHUNK_LEN]>>; CHUNKS]>,
     /// Entries ever used; all below it are allocated.
     used: AtomicUsize,
     /// Where the next search for a free entry starts, so reuse rotates through the table.
     hint: AtomicUsize,
 }
 
+impl Entry {
+    const fn new() -> Entry {
+        Entry {
+            state: AtomicU64::new(0),
+            handle: AtomicU64::new(0),
+            slot: AtomicU64::new(0),
+            backend: AtomicU32::new(0),
+        }
+    }
+}
+
 impl Default for SessionTable {
     fn default() -> Self {
         SessionTable {
-            chunks: (0..CHUNKS).map(|_| OnceCell::new()).collect(),
+            chunks: Box::new([const { OnceCell::new() }; CHUNKS]),
             used: AtomicUsize::new(0),
             hint: AtomicUsize::new(0),
         }
     }
 }
 
+/// The generation bits an entry's state puts into its handles.
+#[inline]
 fn generation_of(state: u64) -> u64 {
-    (state >> 2) % MAX_GENERATION + 1
+    (state >> 2) & GENERATION_MASK
+}
+
+#[inline]
+fn handle_of(state: u64, index: usize) -> CK_SESSION_HANDLE {
+    generation_of(state) << INDEX_BITS | (index as u64 + 1)
+}
+
+/// The entry index a handle names (None for 0 and for handles p11gate cannot have made).
+#[inline]
+fn index_of(handle: CK_SESSION_HANDLE) -> Option<usize> {
+    let index = ((handle & INDEX_MASK) as usize).wrapping_sub(1);
+    (index < MAX_SESSIONS).then_some(index)
 }
 
 impl SessionTable {
@@ -86,18 +114,17 @@ impl SessionTable {
 
     fn entry_or_alloc(&self, index: usize) -> &Entry {
         let chunk = self.chunks[index >> CHUNK_BITS]
-            .get_or_init(|| (0..CHUNK_LEN).map(|_| Entry::default()).collect());
+            .get_or_init(|| Box::new([const { Entry::new() }; CHUNK_LEN]));
         &chunk[index & (CHUNK_LEN - 1)]
     }
 
     /// The route of a virtual handle, or `CKR_SESSION_HANDLE_INVALID`.
     #[inline]
     pub fn get(&self, handle: CK_SESSION_HANDLE) -> Result<SessionRoute> {
-        let index = (handle & ((1 << INDEX_BITS) - 1)) as usize;
-        let generation = handle >> INDEX_BITS;
+        let index = index_of(handle).ok_or(Error::SessionHandleInvalid)?;
         let entry = self.entry(index).ok_or(Error::SessionHandleInvalid)?;
         let state = entry.state.load(Ordering::Acquire);
-        if state & FLAGS != OPEN || generation_of(state) != generation {
+        if state & FLAGS != OPEN || handle_of(state, index) != handle {
             return Err(Error::SessionHandleInvalid);
         }
         let owner = entry.owner.load(Ordering::Relaxed);
@@ -165,17 +192,19 @@ impl SessionTable {
         entry
             .state
             .store((state & !FLAGS) | OPEN, Ordering::Release);
-        Some(generation_of(state) << INDEX_BITS | index as u64)
+        Some(handle_of(state, index))
     }
 
     /// Forgets a virtual handle (after the backend closed it). Returns whether it was open.
     pub fn remove(&self, handle: CK_SESSION_HANDLE) -> bool {
-        let index = (handle & ((1 << INDEX_BITS) - 1)) as usize;
+        let Some(index) = index_of(handle) else {
+            return false;
+        };
         let Some(entry) = self.entry(index) else {
             return false;
         };
         let state = entry.state.load(Ordering::Acquire);
-        if state & FLAGS != OPEN || generation_of(state) != handle >> INDEX_BITS {
+        if state & FLAGS != OPEN || handle_of(state, index) != handle {
             return false;
         }
         let closed = ((state >> 2) + 1) << 2;
@@ -196,7 +225,7 @@ impl SessionTable {
             if state & FLAGS != OPEN {
                 continue;
             }
-            let handle = generation_of(state) << INDEX_BITS | index as u64;
+            let handle = handle_of(state, index);
             if let Ok(route) = self.get(handle) {
                 if matches(&route) && self.remove(handle) {
                     removed.push(handle);
@@ -215,7 +244,7 @@ impl SessionTable {
             };
             let state = entry.state.load(Ordering::Acquire);
             if state & FLAGS == OPEN {
-                if let Ok(r) = self.get(generation_of(state) << INDEX_BITS | index as u64) {
+                if let Ok(r) = self.get(handle_of(state, index)) {
                     routes.push(r);
                 }
             }
@@ -259,11 +288,7 @@ mod tests {
         let a = t.insert(route(1)).unwrap();
         t.remove(a);
         let b = t.insert(route(2)).unwrap();
-        assert_eq!(
-            a & ((1 << INDEX_BITS) - 1),
-            b & ((1 << INDEX_BITS) - 1),
-            "same entry reused"
-        );
+        assert_eq!(a & INDEX_MASK, b & INDEX_MASK, "same entry reused");
         assert_ne!(a, b);
         assert_eq!(t.get(a), Err(Error::SessionHandleInvalid));
         assert_eq!(t.get(b).unwrap().handle, 2);
