@@ -71,7 +71,7 @@ impl Entry {
             state: AtomicU64::new(0),
             handle: AtomicU64::new(0),
             slot: AtomicU64::new(0),
-            backend: AtomicU32::new(0),
+            owner: AtomicU64::new(0),
         }
     }
 }
