@@ -1070,6 +1070,31 @@ fn gate_module() -> PathBuf {
     }
 }
 
+/// Runs `open` with `P11GATE_CONFIG` set to `P11GATE_BENCH_GATE_CONFIG` (and without
+/// `P11GATE_UPSTREAM`, which a file's upstreams exclude) when that is set: the measured side then
+/// initialises under its own configuration, e.g. mapped slots with policy rules, while the
+/// baseline side keeps the plain environment. Called before any worker thread exists.
+fn with_gate_config<T>(open: impl FnOnce() -> T) -> T {
+    let Some(config) = std::env::var_os("P11GATE_BENCH_GATE_CONFIG") else {
+        return open();
+    };
+    let (old_config, old_upstream) = (
+        std::env::var_os("P11GATE_CONFIG"),
+        std::env::var_os("P11GATE_UPSTREAM"),
+    );
+    std::env::set_var("P11GATE_CONFIG", config);
+    std::env::remove_var("P11GATE_UPSTREAM");
+    let result = open();
+    match old_config {
+        Some(v) => std::env::set_var("P11GATE_CONFIG", v),
+        None => std::env::remove_var("P11GATE_CONFIG"),
+    }
+    if let Some(v) = old_upstream {
+        std::env::set_var("P11GATE_UPSTREAM", v);
+    }
+    result
+}
+
 /// A fresh SoftHSM token, and the environment p11gate and SoftHSM read, set in this process
 /// (before any thread exists) so that child processes inherit it.
 fn fixture() -> common::SoftHsm {
@@ -1119,7 +1144,10 @@ fn timing(args: &[String]) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let max_threads = threads.iter().copied().max().unwrap_or(1);
     let gate_path = gate_module();
-    let direct_path = common::softhsm_module();
+    // The baseline side: SoftHSMv2 itself, or (P11GATE_BENCH_DIRECT) another module, such as
+    // a copy of libp11gate.so in passthrough mode when measuring what routing and policy add.
+    let direct_path =
+        std::env::var_os("P11GATE_BENCH_DIRECT").map_or_else(common::softhsm_module, PathBuf::from);
     let mut hsm = fixture();
 
     // In one process the direct side initialises SoftHSM first (as the application would),
@@ -1133,13 +1161,14 @@ fn timing(args: &[String]) -> Result<(), String> {
         Ok([Box::new(direct), Box::new(gate)])
     };
     let gate_first = args.iter().any(|a| a == "--gate-first");
+    let open_gate = || with_gate_config(|| Side::open(&gate_path, "p11gate", max_threads));
     let in_process = || -> Result<[Box<dyn Runner>; 2], String> {
         let (mut direct, mut gate) = if gate_first {
-            let gate = Side::open(&gate_path, "p11gate", max_threads)?;
+            let gate = open_gate()?;
             (Side::open(&direct_path, "direct", max_threads)?, gate)
         } else {
             let direct = Side::open(&direct_path, "direct", max_threads)?;
-            (direct, Side::open(&gate_path, "p11gate", max_threads)?)
+            (direct, open_gate()?)
         };
         gate.keys(true)?;
         direct.keys(false)?;
