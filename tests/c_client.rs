@@ -461,3 +461,17 @@ fn fork_child_gets_not_initialized_until_it_initializes() {
     );
     run.assert_all_passed(FORK_PARENT_CHECKS);
 }
+
+/// An application that dlclose()s p11gate without C_Finalize must still exit cleanly: the
+/// upstream keeps p11gate's mutex callbacks, so p11gate must stay mapped (-z nodelete). Before
+/// that, SoftHSMv2's exit-time clean-up called into the unmapped library and crashed.
+#[test]
+fn dlclose_without_finalize_exits_cleanly() {
+    let hsm = common::SoftHsm::new();
+    hsm.init_token("c-unload");
+    let unload = compile("unload", hsm.dir());
+    let module = common::module().display().to_string();
+    let r = run(&unload, &[&module], &hsm.gate_env(), hsm.dir());
+    assert_eq!(r.stdout, "unloaded, exiting\n", "stderr: {}", r.stderr);
+    assert_eq!(r.status.code(), Some(0), "stderr: {}", r.stderr);
+}

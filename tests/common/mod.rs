@@ -9,18 +9,25 @@ use std::process::Command;
 
 use parking_lot::{Mutex, MutexGuard};
 
-/// The cdylib cargo built beside this test binary (`target/<profile>/libp11gate.so`).
+/// The cdylib cargo built with this test binary: `target/<profile>/deps/libp11gate.so` (where
+/// `cargo test` leaves it in a fresh target directory), else `target/<profile>/libp11gate.so`.
 pub fn module() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary> -> target/<profile>/libp11gate.so
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let so = profile_dir.join("libp11gate.so");
-    assert!(
-        so.exists(),
-        "{} not built (cargo builds it with the tests)",
-        so.display()
-    );
-    so
+    let deps = exe.parent().expect("deps dir");
+    let candidates = [
+        deps.join("libp11gate.so"),
+        deps.parent().expect("target dir").join("libp11gate.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "libp11gate.so not built next to {} (cargo builds it with the tests)",
+                exe.display()
+            )
+        })
 }
 
 /// SoftHSMv2's module as Debian installs it.

@@ -126,6 +126,9 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
         |rt| {
             // SAFETY: pInfo is NULL or points to a writable CK_MECHANISM_INFO (§5.5).
             let info = unsafe { out(pInfo) }?;
+            // Some modules (SoftHSMv2 for CKM_AES_GCM) OR flags into the caller's struct rather
+            // than setting them; start from zero so the answer never carries stack garbage.
+            *info = CK_MECHANISM_INFO::default();
             let slot = rt.router.slot(slotID, false)?;
             slot.entry
                 .policy
