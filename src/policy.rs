@@ -170,16 +170,19 @@ impl SlotPolicy {
         Ok(())
     }
 
-    /// Refuses a new secret or private key that could leave the token.
-    pub fn check_new_key(
+    /// `require_non_extractable` for a template that makes an object: refuses a secret or
+    /// private key the template asks to be extractable or not sensitive, and returns the
+    /// attributes to add where it leaves them unstated (so that the token's defaults cannot
+    /// make the key exportable; Vault's RSA template, for one, states no CKA_SENSITIVE).
+    pub fn protect_new_key(
         &self,
         func: &str,
         slot: CK_SLOT_ID,
         kind: NewObject,
         t: &Template<'_>,
-    ) -> Result<()> {
+    ) -> Result<&'static [(CK_ATTRIBUTE_TYPE, &'static [u8])]> {
         if !self.require_non_extractable {
-            return Ok(());
+            return Ok(&[]);
         }
         let is_key = match kind {
             NewObject::SecretKey | NewObject::PrivateKey => true,
@@ -191,9 +194,9 @@ impl SlotPolicy {
             }
         };
         if !is_key {
-            return Ok(());
+            return Ok(&[]);
         }
-        self.check_protected(
+        self.protect(
             func,
             slot,
             t.bool_value(CKA_EXTRACTABLE),
@@ -201,33 +204,62 @@ impl SlotPolicy {
         )
     }
 
-    /// Refuses a key whose resulting `CKA_EXTRACTABLE` / `CKA_SENSITIVE` (None: not stated, so
-    /// up to the token's default) would let it leave the token.
-    pub fn check_protected(
+    /// The template to forward under `require_non_extractable`: the caller's, or the caller's
+    /// with the safe values it left unstated appended (in `storage`), or a refusal.
+    pub fn protected_template<'s>(
+        &self,
+        func: &str,
+        slot: CK_SLOT_ID,
+        kind: NewObject,
+        t: Template<'s>,
+        storage: &'s mut Vec<CK_ATTRIBUTE>,
+    ) -> Result<Template<'s>> {
+        let extra = self.protect_new_key(func, slot, kind, &t)?;
+        if extra.is_empty() {
+            return Ok(t);
+        }
+        log::debug!(
+            "{func}: slot {slot}: adding {} safe key attribute(s) (require_non_extractable)",
+            extra.len()
+        );
+        Ok(t.with_extra(extra, storage))
+    }
+
+    /// The decision for a key whose resulting `CKA_EXTRACTABLE` / `CKA_SENSITIVE` are these
+    /// (None: not stated): refused when stated unsafe, else the safe values still to add.
+    pub fn protect(
         &self,
         func: &str,
         slot: CK_SLOT_ID,
         extractable: Option<bool>,
         sensitive: Option<bool>,
-    ) -> Result<()> {
-        if !self.require_non_extractable || (extractable == Some(false) && sensitive == Some(true))
-        {
-            return Ok(());
+    ) -> Result<&'static [(CK_ATTRIBUTE_TYPE, &'static [u8])]> {
+        const NOT_EXTRACTABLE: (CK_ATTRIBUTE_TYPE, &[u8]) = (CKA_EXTRACTABLE, &[CK_FALSE]);
+        const SENSITIVE: (CK_ATTRIBUTE_TYPE, &[u8]) = (CKA_SENSITIVE, &[CK_TRUE]);
+        if !self.require_non_extractable {
+            return Ok(&[]);
         }
-        log::warn!(
-            "{func}: refused on slot {slot} by require_non_extractable: the key would be {}",
-            match (extractable, sensitive) {
-                (Some(true), _) => "extractable (CKA_EXTRACTABLE=TRUE)",
-                (None, _) => "extractable by default (the template must set CKA_EXTRACTABLE=FALSE)",
-                (_, Some(false)) => "not sensitive (CKA_SENSITIVE=FALSE)",
-                _ => "not sensitive by default (the template must set CKA_SENSITIVE=TRUE)",
-            }
-        );
-        Err(Error::TemplateInconsistent)
+        if extractable == Some(true) || sensitive == Some(false) {
+            log::warn!(
+                "{func}: refused on slot {slot} by require_non_extractable: the template makes the key {}",
+                if extractable == Some(true) {
+                    "extractable (CKA_EXTRACTABLE=TRUE)"
+                } else {
+                    "not sensitive (CKA_SENSITIVE=FALSE)"
+                }
+            );
+            return Err(Error::TemplateInconsistent);
+        }
+        Ok(match (extractable, sensitive) {
+            (None, None) => &[NOT_EXTRACTABLE, SENSITIVE],
+            (None, _) => &[NOT_EXTRACTABLE],
+            (_, None) => &[SENSITIVE],
+            _ => &[],
+        })
     }
 
     /// Whether a `C_SetAttributeValue` template would weaken a key (then the object's class
-    /// decides, see [`SlotPolicy::check_protected`]).
+    /// decides, see [`SlotPolicy::protect`]).
     pub fn weakens_key(&self, t: &Template<'_>) -> bool {
         self.require_non_extractable
             && (t.bool_value(CKA_EXTRACTABLE) == Some(true)
@@ -280,28 +312,37 @@ mod tests {
     }
 
     #[test]
-    fn key_policy_needs_both_attributes_stated() {
+    fn key_policy_refuses_unsafe_and_fills_in_unstated() {
         let p = SlotPolicy {
             require_non_extractable: true,
             ..SlotPolicy::default()
         };
+        let added = |e, s| {
+            p.protect("C_GenerateKey", 0, e, s)
+                .map(|a| a.iter().map(|(t, v)| (*t, v[0])).collect::<Vec<_>>())
+        };
+        assert_eq!(added(Some(false), Some(true)), Ok(vec![]));
         assert_eq!(
-            p.check_protected("C_GenerateKey", 0, Some(false), Some(true)),
-            Ok(())
+            added(None, Some(true)),
+            Ok(vec![(CKA_EXTRACTABLE, CK_FALSE)])
         );
-        for (e, s) in [
-            (None, Some(true)),
-            (Some(false), None),
-            (Some(true), Some(true)),
-            (Some(false), Some(false)),
-        ] {
-            assert_eq!(
-                p.check_protected("C_GenerateKey", 0, e, s),
-                Err(Error::TemplateInconsistent),
-                "{e:?} {s:?}"
-            );
-        }
+        assert_eq!(added(Some(false), None), Ok(vec![(CKA_SENSITIVE, CK_TRUE)]));
+        assert_eq!(
+            added(None, None),
+            Ok(vec![(CKA_EXTRACTABLE, CK_FALSE), (CKA_SENSITIVE, CK_TRUE)])
+        );
+        assert_eq!(
+            added(Some(true), Some(true)),
+            Err(Error::TemplateInconsistent)
+        );
+        assert_eq!(
+            added(Some(false), Some(false)),
+            Err(Error::TemplateInconsistent)
+        );
         let lax = SlotPolicy::default();
-        assert_eq!(lax.check_protected("C_GenerateKey", 0, None, None), Ok(()));
+        assert_eq!(
+            lax.protect("C_GenerateKey", 0, Some(true), None),
+            Ok(&[][..])
+        );
     }
 }

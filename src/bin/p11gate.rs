@@ -16,7 +16,7 @@ use pkcs11_sys::*;
 
 use p11gate::backend::upstream::Upstream;
 use p11gate::backend::{Backend, InitArgs};
-use p11gate::config::{self, Config, Source};
+use p11gate::config::{self, Config, Source, TokenTarget};
 use p11gate::credentials;
 use p11gate::policy::mechanism_text;
 use p11gate::router::slots::{list_of, SlotEntry};
@@ -136,10 +136,11 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
                     slot.id.get_ref().0,
                     slot.upstream.get_ref(),
                     config.upstreams[u].path.display(),
-                    found.map_or_else(
-                        || "not present".to_string(),
-                        |id| format!("upstream slot {id:#x}")
-                    )
+                    match (found, &target) {
+                        (None, _) => "not present".to_string(),
+                        (Some(_), TokenTarget::Slot(_)) => "token present".to_string(),
+                        (Some(id), _) => format!("upstream slot {id:#x}"),
+                    }
                 );
                 print!("    ");
                 match found {

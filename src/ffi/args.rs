@@ -239,6 +239,30 @@ impl<'a> Template<'a> {
     pub fn as_ptr(&self) -> *mut CK_ATTRIBUTE {
         self.ptr
     }
+
+    /// This template with `extra` attributes appended (values of p11gate's own, static), built
+    /// in `storage`: the caller's attributes first, unchanged, then the extra ones.
+    pub fn with_extra<'s>(
+        &self,
+        extra: &[(CK_ATTRIBUTE_TYPE, &'static [u8])],
+        storage: &'s mut Vec<CK_ATTRIBUTE>,
+    ) -> Template<'s>
+    where
+        'a: 's,
+    {
+        storage.clear();
+        storage.extend_from_slice(self.attributes());
+        storage.extend(extra.iter().map(|(type_, value)| CK_ATTRIBUTE {
+            type_: *type_,
+            pValue: value.as_ptr() as *mut std::ffi::c_void,
+            ulValueLen: value.len() as CK_ULONG,
+        }));
+        // SAFETY: the copied attributes point to the caller's values, valid for 'a (which
+        // outlives 's); the extra ones point to 'static bytes of their stated length. Backends
+        // read creation templates and never write through them.
+        unsafe { Template::new(storage.as_mut_ptr(), storage.len() as CK_ULONG) }
+            .expect("a non-NULL template")
+    }
 }
 
 /// Attribute values read from a backend into p11gate's own memory (for policy decisions that

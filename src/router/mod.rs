@@ -381,29 +381,39 @@ impl Router {
         }
     }
 
-    /// `require_non_extractable` for `C_CopyObject`: the copy's protection is the template's
-    /// where it says, the source's otherwise.
-    pub fn check_copy(
+    /// `require_non_extractable` for `C_CopyObject`: the template to forward (the safe values
+    /// it leaves unstated added, when the source is a secret or private key), or a refusal.
+    pub fn protected_copy<'s>(
         &self,
         func: &str,
         s: &Session<'_>,
         source: CK_OBJECT_HANDLE,
-        t: &Template<'_>,
-    ) -> Result<()> {
+        t: Template<'s>,
+        storage: &'s mut Vec<CK_ATTRIBUTE>,
+    ) -> Result<Template<'s>> {
         let policy = &s.entry.policy;
         if !policy.require_non_extractable {
-            return Ok(());
+            return Ok(t);
         }
-        let (class, extractable, sensitive) = key_protection(s, source)?;
+        let (class, source_extractable, source_sensitive) = key_protection(s, source)?;
         if !matches!(class, Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY)) {
-            return Ok(());
+            return Ok(t);
         }
-        policy.check_protected(
+        // The copy takes what the template does not state from its source: add only the safe
+        // values the source lacks (a copy may turn CKA_EXTRACTABLE off and CKA_SENSITIVE on;
+        // SoftHSMv2 refuses restating a value the source already has).
+        let (extractable, sensitive) = (t.bool_value(CKA_EXTRACTABLE), t.bool_value(CKA_SENSITIVE));
+        let extra = policy.protect(
             func,
             s.slot,
-            t.bool_value(CKA_EXTRACTABLE).or(extractable),
-            t.bool_value(CKA_SENSITIVE).or(sensitive),
-        )
+            extractable.or(source_extractable.filter(|e| !e)),
+            sensitive.or(source_sensitive.filter(|s| *s)),
+        )?;
+        Ok(if extra.is_empty() {
+            t
+        } else {
+            t.with_extra(extra, storage)
+        })
     }
 
     /// `require_non_extractable` for `C_SetAttributeValue`: making a secret or private key
@@ -423,12 +433,14 @@ impl Router {
         if !matches!(class, Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY)) {
             return Ok(());
         }
-        policy.check_protected(
-            func,
-            s.slot,
-            t.bool_value(CKA_EXTRACTABLE).or(Some(false)),
-            t.bool_value(CKA_SENSITIVE).or(Some(true)),
-        )
+        policy
+            .protect(
+                func,
+                s.slot,
+                t.bool_value(CKA_EXTRACTABLE),
+                t.bool_value(CKA_SENSITIVE),
+            )
+            .map(|_| ())
     }
 
     /// Reads every slot's credential (C_Initialize).

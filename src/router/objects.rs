@@ -18,13 +18,17 @@ use crate::error::{Error, Result};
 
 const SHARDS: usize = 16;
 
+/// (backend, handle) -> the slot indices it was handed out on.
+type Shard = RwLock<HashMap<(usize, CK_OBJECT_HANDLE), Vec<usize>>>;
+
 /// Which slot each object handle of a shared backend belongs to.
 #[derive(Debug)]
 pub struct ObjectScopes {
     /// Per slot index: whether its backend serves other slots of the app too.
     shared: Vec<bool>,
-    /// (backend, handle) -> slot index, sharded by handle to keep readers apart.
-    shards: Vec<RwLock<HashMap<(usize, CK_OBJECT_HANDLE), usize>>>,
+    /// (backend, handle) -> the slot indices it was handed out on (two slots on one token can
+    /// both see an object), sharded by handle to keep readers apart.
+    shards: Vec<Shard>,
 }
 
 impl ObjectScopes {
@@ -45,7 +49,7 @@ impl ObjectScopes {
     fn shard(
         &self,
         handle: CK_OBJECT_HANDLE,
-    ) -> &RwLock<HashMap<(usize, CK_OBJECT_HANDLE), usize>> {
+    ) -> &RwLock<HashMap<(usize, CK_OBJECT_HANDLE), Vec<usize>>> {
         &self.shards[handle as usize % SHARDS]
     }
 
@@ -55,7 +59,11 @@ impl ObjectScopes {
             return;
         }
         for &h in handles.iter().filter(|h| **h != CK_INVALID_HANDLE) {
-            self.shard(h).write().insert((backend, h), slot);
+            let mut shard = self.shard(h).write();
+            let slots = shard.entry((backend, h)).or_default();
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
         }
     }
 
@@ -78,7 +86,7 @@ impl ObjectScopes {
             return Ok(());
         }
         match self.shard(handle).read().get(&(backend, handle)) {
-            Some(&owner) if owner == slot => Ok(()),
+            Some(slots) if slots.contains(&slot) => Ok(()),
             _ => {
                 log::warn!("object handle {handle:#x} refused: it was not handed out on this slot");
                 Err(invalid)
@@ -119,6 +127,10 @@ mod tests {
         );
         // Slot 2 has a backend of its own: not tracked.
         assert_eq!(scopes.check(1, 2, 77, Error::SessionHandleInvalid), Ok(()));
+        // Found through slot 1 as well (same token): both may use it.
+        scopes.record(0, 1, &[5]);
+        assert_eq!(scopes.check(0, 0, 5, Error::SessionHandleInvalid), Ok(()));
+        assert_eq!(scopes.check(0, 1, 5, Error::SessionHandleInvalid), Ok(()));
         scopes.forget(0, 5);
         assert_eq!(
             scopes.check(0, 0, 5, Error::SessionHandleInvalid),

@@ -96,11 +96,15 @@ impl SlotEntry {
         }
     }
 
-    /// Asks the upstream where the token is now (no lock is held while it answers).
+    /// Asks the upstream where the token is now (no lock is held while it answers); for a fixed
+    /// upstream slot, whether it has a token.
     pub fn find(&self, backend: &dyn Backend) -> Option<CK_SLOT_ID> {
         let found = match &self.target {
             None => return None,
-            Some(TokenTarget::Slot(id)) => return Some(*id),
+            // A fixed upstream slot: there when the upstream lists it with a token.
+            Some(TokenTarget::Slot(id)) => {
+                return slot_ids(backend, true).ok()?.contains(id).then_some(*id)
+            }
             Some(TokenTarget::Label(label)) => {
                 find_token(backend, |t| trimmed(&t.label) == label.as_bytes())
             }

@@ -46,9 +46,14 @@ pub unsafe extern "C" fn C_GenerateKey(
                 .policy
                 .check_mechanism("C_GenerateKey", s.slot, m.mechanism_type())?;
             s.entry.policy.check_writable("C_GenerateKey", s.slot)?;
-            s.entry
-                .policy
-                .check_new_key("C_GenerateKey", s.slot, NewObject::SecretKey, &t)?;
+            let mut storage = Vec::new();
+            let t = s.entry.policy.protected_template(
+                "C_GenerateKey",
+                s.slot,
+                NewObject::SecretKey,
+                t,
+                &mut storage,
+            )?;
             s.backend.generate_key(s.handle, m, t, &mut *key)?;
             rt.router.record_objects(&s, &[*key]);
             Ok(())
@@ -95,11 +100,13 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
                 .policy
                 .check_mechanism("C_GenerateKeyPair", s.slot, m.mechanism_type())?;
             s.entry.policy.check_writable("C_GenerateKeyPair", s.slot)?;
-            s.entry.policy.check_new_key(
+            let mut storage = Vec::new();
+            let private = s.entry.policy.protected_template(
                 "C_GenerateKeyPair",
                 s.slot,
                 NewObject::PrivateKey,
-                &private,
+                private,
+                &mut storage,
             )?;
             s.backend.generate_key_pair(
                 s.handle,
@@ -200,9 +207,14 @@ pub unsafe extern "C" fn C_UnwrapKey(
                 .policy
                 .check_mechanism("C_UnwrapKey", s.slot, m.mechanism_type())?;
             s.entry.policy.check_writable("C_UnwrapKey", s.slot)?;
-            s.entry
-                .policy
-                .check_new_key("C_UnwrapKey", s.slot, NewObject::FromTemplate, &t)?;
+            let mut storage = Vec::new();
+            let t = s.entry.policy.protected_template(
+                "C_UnwrapKey",
+                s.slot,
+                NewObject::FromTemplate,
+                t,
+                &mut storage,
+            )?;
             rt.router
                 .check_object(&s, hUnwrappingKey, Error::UnwrappingKeyHandleInvalid)?;
             s.backend
@@ -251,9 +263,14 @@ pub unsafe extern "C" fn C_DeriveKey(
                 .policy
                 .check_mechanism("C_DeriveKey", s.slot, m.mechanism_type())?;
             s.entry.policy.check_writable("C_DeriveKey", s.slot)?;
-            s.entry
-                .policy
-                .check_new_key("C_DeriveKey", s.slot, NewObject::SecretKey, &t)?;
+            let mut storage = Vec::new();
+            let t = s.entry.policy.protected_template(
+                "C_DeriveKey",
+                s.slot,
+                NewObject::SecretKey,
+                t,
+                &mut storage,
+            )?;
             rt.router
                 .check_object(&s, hBaseKey, Error::KeyHandleInvalid)?;
             s.backend.derive_key(s.handle, m, hBaseKey, t, &mut *key)?;

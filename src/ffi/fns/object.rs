@@ -27,9 +27,14 @@ pub unsafe extern "C" fn C_CreateObject(
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phObject)?) };
             let s = rt.router.session(hSession)?;
             s.entry.policy.check_writable("C_CreateObject", s.slot)?;
-            s.entry
-                .policy
-                .check_new_key("C_CreateObject", s.slot, NewObject::FromTemplate, &t)?;
+            let mut storage = Vec::new();
+            let t = s.entry.policy.protected_template(
+                "C_CreateObject",
+                s.slot,
+                NewObject::FromTemplate,
+                t,
+                &mut storage,
+            )?;
             s.backend.create_object(s.handle, t, &mut *obj)?;
             rt.router.record_objects(&s, &[*obj]);
             Ok(())
@@ -59,7 +64,10 @@ pub unsafe extern "C" fn C_CopyObject(
             s.entry.policy.check_writable("C_CopyObject", s.slot)?;
             rt.router
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
-            rt.router.check_copy("C_CopyObject", &s, hObject, &t)?;
+            let mut storage = Vec::new();
+            let t = rt
+                .router
+                .protected_copy("C_CopyObject", &s, hObject, t, &mut storage)?;
             s.backend.copy_object(s.handle, hObject, t, &mut *obj)?;
             rt.router.record_objects(&s, &[*obj]);
             Ok(())
