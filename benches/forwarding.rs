@@ -404,6 +404,7 @@ impl Side {
                 "C_GetTokenInfo",
             )?;
             if String::from_utf8_lossy(&info.label).trim_end() == TOKEN_LABEL {
+                eprintln!("{}: token {TOKEN_LABEL:?} in slot {slot:#x}", self.name);
                 return Ok(slot);
             }
         }
