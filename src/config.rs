@@ -316,11 +316,19 @@ struct Place<'a> {
 
 impl Place<'_> {
     fn at(&self, span: std::ops::Range<usize>, msg: impl std::fmt::Display) -> Error {
-        let line = self.text[..span.start.min(self.text.len())]
+        Error::setup(format!(
+            "config {}:{}: {msg}",
+            self.origin.display(),
+            self.line(span)
+        ))
+    }
+
+    /// The 1-based line a span starts on.
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
             .matches('\n')
             .count()
-            + 1;
-        Error::setup(format!("config {}:{line}: {msg}", self.origin.display()))
+            + 1
     }
 }
 
@@ -517,7 +525,7 @@ impl Config {
                 .iter()
                 .find(|o| o.name.get_ref() == u.name.get_ref())
             {
-                let line = place.text[..first.name.span().start].matches('\n').count() + 1;
+                let line = place.line(first.name.span());
                 return Err(place.at(
                     u.name.span(),
                     format_args!(
@@ -544,7 +552,7 @@ impl Config {
                 .iter()
                 .find(|o| o.id.get_ref() == s.id.get_ref())
             {
-                let line = place.text[..first.id.span().start].matches('\n').count() + 1;
+                let line = place.line(first.id.span());
                 return Err(place.at(
                     s.id.span(),
                     format_args!("slot id {id} is used twice (first at line {line})"),
@@ -580,7 +588,7 @@ impl Config {
                 .iter()
                 .find(|o| o.name.get_ref() == a.name.get_ref())
             {
-                let line = place.text[..first.name.span().start].matches('\n').count() + 1;
+                let line = place.line(first.name.span());
                 return Err(place.at(
                     a.name.span(),
                     format_args!(
