@@ -266,8 +266,9 @@ impl LogLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "String")]
 pub enum LogTarget {
-    /// The local syslog socket, ident `p11gate` (the default).
-    Syslog,
+    /// The local syslog socket (`/dev/log`, or the path after `syslog:`), ident `p11gate`
+    /// (the default).
+    Syslog(Option<PathBuf>),
     /// The host process's standard error.
     Stderr,
     /// Appended to this file.
@@ -277,7 +278,10 @@ pub enum LogTarget {
 impl From<String> for LogTarget {
     fn from(s: String) -> Self {
         match s.as_str() {
-            "syslog" => LogTarget::Syslog,
+            "syslog" => LogTarget::Syslog(None),
+            _ if s.starts_with("syslog:") => {
+                LogTarget::Syslog(Some(PathBuf::from(&s["syslog:".len()..])))
+            }
             "stderr" => LogTarget::Stderr,
             _ => LogTarget::File(PathBuf::from(s)),
         }

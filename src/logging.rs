@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
@@ -22,9 +23,9 @@ const SYSLOG_SOCKET: &str = "/dev/log";
 const FACILITY_USER: u8 = 1;
 
 enum Sink {
-    /// `None` while the socket is not there (no syslog daemon): warnings and errors then go
-    /// to stderr so that they are never lost.
-    Syslog(Option<UnixDatagram>),
+    /// The socket's path, and the connected socket, `None` while it is not there (no syslog
+    /// daemon): warnings and errors then go to stderr so that they are never lost.
+    Syslog(PathBuf, Option<UnixDatagram>),
     Stderr,
     File(File),
 }
@@ -33,8 +34,12 @@ struct GateLogger {
     sink: RwLock<Sink>,
 }
 
-static LOGGER: Lazy<GateLogger> = Lazy::new(|| GateLogger {
-    sink: RwLock::new(Sink::Syslog(connect_syslog())),
+static LOGGER: Lazy<GateLogger> = Lazy::new(|| {
+    let path = PathBuf::from(SYSLOG_SOCKET);
+    let socket = connect_syslog(&path);
+    GateLogger {
+        sink: RwLock::new(Sink::Syslog(path, socket)),
+    }
 });
 
 /// Installs p11gate's logger (once per process) and applies `config`. A host that already set
@@ -44,8 +49,12 @@ static LOGGER: Lazy<GateLogger> = Lazy::new(|| GateLogger {
 pub fn configure(config: &LogConfig) -> Option<String> {
     let _ = log::set_logger(&*LOGGER);
     log::set_max_level(config.level.unwrap_or(DEFAULT_LEVEL).to_filter());
-    let (sink, problem) = match config.target.clone().unwrap_or(LogTarget::Syslog) {
-        LogTarget::Syslog => (Sink::Syslog(connect_syslog()), None),
+    let (sink, problem) = match config.target.clone().unwrap_or(LogTarget::Syslog(None)) {
+        LogTarget::Syslog(path) => {
+            let path = path.unwrap_or_else(|| PathBuf::from(SYSLOG_SOCKET));
+            let socket = connect_syslog(&path);
+            (Sink::Syslog(path, socket), None)
+        }
         LogTarget::Stderr => (Sink::Stderr, None),
         LogTarget::File(path) => match OpenOptions::new().create(true).append(true).open(&path) {
             Ok(f) => (Sink::File(f), None),
@@ -73,9 +82,12 @@ pub fn ensure_installed() {
     }
 }
 
-fn connect_syslog() -> Option<UnixDatagram> {
+/// A non-blocking socket: a stuck or slow syslog daemon must never stall the application's
+/// PKCS#11 call (a full queue drops the diagnostic line; see `log`).
+fn connect_syslog(path: &Path) -> Option<UnixDatagram> {
     let sock = UnixDatagram::unbound().ok()?;
-    sock.connect(SYSLOG_SOCKET).ok()?;
+    sock.connect(path).ok()?;
+    sock.set_nonblocking(true).ok()?;
     Some(sock)
 }
 
@@ -95,7 +107,7 @@ impl log::Log for GateLogger {
         let level = record.level();
         let sink = self.sink.read();
         match &*sink {
-            Sink::Syslog(sock) => {
+            Sink::Syslog(path, sock) => {
                 let severity = match level {
                     log::Level::Error => 3,
                     log::Level::Warn => 4,
@@ -108,18 +120,31 @@ impl log::Log for GateLogger {
                     rfc3164_time(now.as_secs()),
                     record.args()
                 );
-                let sent = sock
-                    .as_ref()
-                    .is_some_and(|s| s.send(line.as_bytes()).is_ok());
+                let sent = match sock.as_ref().map(|s| s.send(line.as_bytes())) {
+                    Some(Ok(_)) => true,
+                    // The daemon is not keeping up: drop the line rather than wait.
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if level <= log::Level::Warn {
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "{}",
+                                plain_line(now, pid, level, record.args())
+                            );
+                        }
+                        return;
+                    }
+                    _ => false,
+                };
                 if !sent {
                     // The daemon may have restarted: one reconnect, then fall back to stderr.
+                    let path = path.clone();
                     drop(sink);
                     let mut sink = self.sink.write();
-                    let reconnected = connect_syslog();
+                    let reconnected = connect_syslog(&path);
                     let resent = reconnected
                         .as_ref()
                         .is_some_and(|s| s.send(line.as_bytes()).is_ok());
-                    *sink = Sink::Syslog(reconnected);
+                    *sink = Sink::Syslog(path, reconnected);
                     if !resent && level <= log::Level::Warn {
                         let _ = writeln!(
                             std::io::stderr(),
