@@ -1,20 +1,22 @@
-//! p11gate: a PKCS#11 module that stands in front of a vendor's module (the "upstream") and
-//! forwards every call to it, adding what the vendor library does not: audit, per-app slot
-//! mapping and mechanism filtering (later capabilities build on the seams below).
+//! p11gate: a PKCS#11 module that stands in front of vendors' modules (the "upstreams") and
+//! forwards every call, adding what a vendor library does not: per-app virtual slots over
+//! several upstreams, mechanism filtering, key policy and PIN mapping (audit comes next, in
+//! the same call path).
 //!
 //! The call path, one module per layer:
 //!
 //! ```text
 //! ffi::fns::*      exported C functions, thin: check pointers (ffi::args), then route
 //! ffi::boundary    panic catch, initialisation check, Result -> CK_RV, trace line
-//! router           virtual sessions and slots -> (backend, backend's handle)
-//! policy           mechanism / key rules, checked before any backend sees a call
+//! router           the app's virtual slots and sessions -> (backend, backend's handle)
+//! policy           per-slot mechanism and key rules, checked before any backend sees a call
 //! backend          trait Backend; backend::upstream forwards to the vendor module
 //! ```
 //!
 //! Around it: [`runtime`] (C_Initialize / C_Finalize / fork), [`config`] (TOML + environment),
 //! [`logging`] (syslog, stderr or file), [`error`] (the one error type and its CK_RV mapping),
-//! [`names`] (spec names for logs). `unsafe` appears only in `ffi` and `backend::upstream`.
+//! [`credentials`] (PIN mapping), [`names`] (spec names for logs). `unsafe` appears only in
+//! `ffi` and `backend::upstream`.
 
 pub mod backend;
 pub mod config;

@@ -1,6 +1,7 @@
 //! The lifecycle: `C_Initialize`, `C_Finalize`, `fork()`, and the runtime every call uses.
 //!
-//! A [`Runtime`] is everything derived from one configuration: backends, router, policy. It is
+//! A [`Runtime`] is everything derived from one configuration for one app: backends, and the
+//! router with its slots and their policies. It is
 //! immutable once built (the session table inside is lock-free), and it is never freed: a call
 //! still running on another thread while the application finalises keeps valid memory, and the
 //! per-call cost of finding the runtime is one atomic load (no reference count, no lock, no
@@ -10,8 +11,9 @@
 //!
 //! `C_Initialize` and `C_Finalize` hold no lock while they call backends: a state word moves
 //! from "not initialised" to "busy" to "runtime N" with compare-and-swap. After `fork()` the
-//! child's hook stores "not initialised" (one atomic store, safe in a fork handler), so the
-//! child gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it initialises again.
+//! child's hook bumps the fork generation and stores "not initialised" (atomic stores, safe in
+//! a fork handler), so the child gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it initialises
+//! again.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
