@@ -18,6 +18,7 @@ use p11gate::backend::upstream::Upstream;
 use p11gate::backend::{Backend, InitArgs};
 use p11gate::config::{self, Config, Source, TokenTarget};
 use p11gate::credentials;
+use p11gate::ffi::terminal::read_hidden_line;
 use p11gate::policy::mechanism_text;
 use p11gate::router::slots::{list_of, SlotEntry};
 
@@ -246,12 +247,8 @@ fn hash_pin() -> ExitCode {
 /// The PIN, from the terminal without echo (asked twice), or one line of standard input.
 fn read_pin() -> Result<zeroize::Zeroizing<String>, String> {
     if std::io::stdin().is_terminal() {
-        let first = zeroize::Zeroizing::new(
-            rpassword::prompt_password("PIN: ").map_err(|e| e.to_string())?,
-        );
-        let again = zeroize::Zeroizing::new(
-            rpassword::prompt_password("PIN again: ").map_err(|e| e.to_string())?,
-        );
+        let first = read_hidden_line("PIN: ").map_err(|e| e.to_string())?;
+        let again = read_hidden_line("PIN again: ").map_err(|e| e.to_string())?;
         if *first != *again {
             return Err("the two PINs differ".into());
         }

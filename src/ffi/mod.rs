@@ -6,9 +6,11 @@
 //! - [`tables`]: p11gate's own static function lists and interfaces.
 //! - [`fns`]: the exported functions, one file per chapter of the spec.
 //! - [`mutex`]: fork-aware mutex callbacks p11gate gives its upstreams.
+//! - [`terminal`]: reading a PIN without echo, for the `p11gate` command.
 
 pub mod args;
 pub mod boundary;
 pub mod fns;
 pub mod mutex;
 pub mod tables;
+pub mod terminal;
