@@ -55,6 +55,7 @@ need_program valgrind valgrind
 need_program nm binutils
 need_program rsyslogd rsyslog
 need_program openssl openssl
+need_program python3 python3
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Deduplicate (softhsm2 may be listed twice).
