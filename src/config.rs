@@ -327,6 +327,20 @@ impl Place<'_> {
         ))
     }
 
+    /// The line of an earlier entry whose key equals `this`, if there is one.
+    fn earlier<T, K: PartialEq>(
+        &self,
+        earlier: &[T],
+        key: impl Fn(&T) -> &Spanned<K>,
+        this: &Spanned<K>,
+    ) -> Option<usize> {
+        earlier
+            .iter()
+            .map(key)
+            .find(|k| k.get_ref() == this.get_ref())
+            .map(|k| self.line(k.span()))
+    }
+
     /// The 1-based line a span starts on.
     fn line(&self, span: std::ops::Range<usize>) -> usize {
         self.text[..span.start.min(self.text.len())]
@@ -525,11 +539,7 @@ impl Config {
                     format_args!("upstream {:?} has an empty path", u.name.get_ref()),
                 ));
             }
-            if let Some(first) = self.upstreams[..i]
-                .iter()
-                .find(|o| o.name.get_ref() == u.name.get_ref())
-            {
-                let line = place.line(first.name.span());
+            if let Some(line) = place.earlier(&self.upstreams[..i], |o| &o.name, &u.name) {
                 return Err(place.at(
                     u.name.span(),
                     format_args!(
@@ -552,11 +562,7 @@ impl Config {
         }
         for (i, s) in self.slots.iter().enumerate() {
             let id = s.id.get_ref().0;
-            if let Some(first) = self.slots[..i]
-                .iter()
-                .find(|o| o.id.get_ref() == s.id.get_ref())
-            {
-                let line = place.line(first.id.span());
+            if let Some(line) = place.earlier(&self.slots[..i], |o| &o.id, &s.id) {
                 return Err(place.at(
                     s.id.span(),
                     format_args!("slot id {id} is used twice (first at line {line})"),
@@ -588,11 +594,7 @@ impl Config {
             self.check_credential(s, place)?;
         }
         for (i, a) in self.apps.iter().enumerate() {
-            if let Some(first) = self.apps[..i]
-                .iter()
-                .find(|o| o.name.get_ref() == a.name.get_ref())
-            {
-                let line = place.line(first.name.span());
+            if let Some(line) = place.earlier(&self.apps[..i], |o| &o.name, &a.name) {
                 return Err(place.at(
                     a.name.span(),
                     format_args!(

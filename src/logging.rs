@@ -105,6 +105,10 @@ impl log::Log for GateLogger {
             .unwrap_or_default();
         let pid = std::process::id();
         let level = record.level();
+        let plain = || plain_line(now, pid, level, record.args());
+        let to_stderr = || {
+            let _ = writeln!(std::io::stderr(), "{}", plain());
+        };
         let sink = self.sink.read();
         match &*sink {
             Sink::Syslog(path, sock) => {
@@ -125,11 +129,7 @@ impl log::Log for GateLogger {
                     // The daemon is not keeping up: drop the line rather than wait.
                     Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if level <= log::Level::Warn {
-                            let _ = writeln!(
-                                std::io::stderr(),
-                                "{}",
-                                plain_line(now, pid, level, record.args())
-                            );
+                            to_stderr();
                         }
                         return;
                     }
@@ -146,26 +146,16 @@ impl log::Log for GateLogger {
                         .is_some_and(|s| s.send(line.as_bytes()).is_ok());
                     *sink = Sink::Syslog(path, reconnected);
                     if !resent && level <= log::Level::Warn {
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "{}",
-                            plain_line(now, pid, level, record.args())
-                        );
+                        to_stderr();
                     }
                 }
             }
             Sink::Stderr => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{}",
-                    plain_line(now, pid, level, record.args())
-                );
+                to_stderr();
             }
             Sink::File(f) => {
                 // One write per line on an O_APPEND file: lines from threads never interleave.
-                let _ = (&*f).write_all(
-                    format!("{}\n", plain_line(now, pid, level, record.args())).as_bytes(),
-                );
+                let _ = (&*f).write_all(format!("{}\n", plain()).as_bytes());
             }
         }
     }
