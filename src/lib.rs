@@ -18,6 +18,7 @@
 //! [`credentials`] (PIN mapping), [`names`] (spec names for logs). `unsafe` appears only in
 //! `ffi` and `backend::upstream`.
 
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod credentials;
