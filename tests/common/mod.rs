@@ -9,6 +9,8 @@ use std::process::Command;
 
 use parking_lot::{Mutex, MutexGuard};
 
+pub mod rsyslog;
+
 /// The cdylib cargo built with this test binary: `target/<profile>/deps/libp11gate.so` (where
 /// `cargo test` leaves it in a fresh target directory), else `target/<profile>/libp11gate.so`.
 pub fn module() -> PathBuf {
