@@ -54,6 +54,8 @@ pub mod env {
     pub const APP: &str = "P11GATE_APP";
     pub const LOG: &str = "P11GATE_LOG";
     pub const LOG_LEVEL: &str = "P11GATE_LOG_LEVEL";
+    pub const AUDIT: &str = "P11GATE_AUDIT";
+    pub const AUDIT_KEY: &str = "P11GATE_AUDIT_KEY";
 }
 
 /// The whole configuration, after environment overrides.
@@ -75,6 +77,165 @@ pub struct Config {
     /// Diagnostics (not the audit trail).
     #[serde(default)]
     pub log: LogConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where audit records go and what happens when they cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `false`: no audit records at all.
+    pub enabled: bool,
+    /// RFC 5424 records to the local syslog socket.
+    pub syslog: bool,
+    pub syslog_socket: PathBuf,
+    pub syslog_facility: Facility,
+    pub syslog_format: SyslogFormat,
+    /// JSON lines with the HMAC chain.
+    pub file: Option<Spanned<PathBuf>>,
+    /// The HMAC key of the file's chain.
+    pub key_file: Option<PathBuf>,
+    /// `fdatasync` the file after each batch of records.
+    pub fsync: bool,
+    /// Records held for the writer thread.
+    pub queue: Spanned<usize>,
+    pub on_overflow: OnOverflow,
+    pub on_failure: OnFailure,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            syslog: true,
+            syslog_socket: PathBuf::from("/dev/log"),
+            syslog_facility: Facility::Authpriv,
+            syslog_format: SyslogFormat::Rfc5424,
+            file: None,
+            key_file: None,
+            fsync: true,
+            queue: Spanned::new(0..0, 16384),
+            on_overflow: OnOverflow::Wait,
+            on_failure: OnFailure::Continue,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Applies `P11GATE_AUDIT` (`off`, or a comma-separated list of `syslog`,
+    /// `syslog:/path`, `file:/path`), which replaces the configured sinks.
+    pub fn override_sinks(&mut self, spec: &str) -> Result<()> {
+        let spec = spec.trim();
+        if spec == "off" {
+            self.enabled = false;
+            return Ok(());
+        }
+        self.enabled = true;
+        self.syslog = false;
+        self.file = None;
+        for part in spec.split(',').map(str::trim) {
+            match part {
+                "syslog" => self.syslog = true,
+                _ if part.starts_with("syslog:") => {
+                    self.syslog = true;
+                    self.syslog_socket = PathBuf::from(&part["syslog:".len()..]);
+                }
+                _ if part.starts_with("file:") && part.len() > "file:".len() => {
+                    self.file = Some(Spanned::new(0..0, PathBuf::from(&part["file:".len()..])));
+                }
+                _ => {
+                    return Err(Error::setup(format!(
+                        "{}={spec:?}: {part:?} is not off, syslog, syslog:/path or file:/path",
+                        env::AUDIT
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Syslog facilities by their usual names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Facility {
+    Kern,
+    User,
+    Mail,
+    Daemon,
+    Auth,
+    Syslog,
+    Lpr,
+    News,
+    Uucp,
+    Cron,
+    Authpriv,
+    Ftp,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
+impl Facility {
+    /// The facility's number (RFC 5424 §6.2.1).
+    pub fn code(self) -> u8 {
+        match self {
+            Facility::Kern => 0,
+            Facility::User => 1,
+            Facility::Mail => 2,
+            Facility::Daemon => 3,
+            Facility::Auth => 4,
+            Facility::Syslog => 5,
+            Facility::Lpr => 6,
+            Facility::News => 7,
+            Facility::Uucp => 8,
+            Facility::Cron => 9,
+            Facility::Authpriv => 10,
+            Facility::Ftp => 11,
+            Facility::Local0 => 16,
+            Facility::Local1 => 17,
+            Facility::Local2 => 18,
+            Facility::Local3 => 19,
+            Facility::Local4 => 20,
+            Facility::Local5 => 21,
+            Facility::Local6 => 22,
+            Facility::Local7 => 23,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFormat {
+    Rfc5424,
+    Rfc3164,
+}
+
+/// What a call does when the audit queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOverflow {
+    /// The caller waits for room.
+    Wait,
+    /// The record is dropped, counted, and the count audited.
+    Drop,
+}
+
+/// What calls do while an audit sink cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Keep working; the outage is logged and audited when the sink is back.
+    Continue,
+    /// Audited calls fail with `CKR_FUNCTION_FAILED`.
+    Deny,
 }
 
 /// One vendor module.
@@ -426,6 +587,19 @@ impl Config {
         if let Some(target) = getenv(env::LOG).filter(|s| !s.is_empty()) {
             config.log.target = Some(LogTarget::from(target));
         }
+        if let Some(spec) = getenv(env::AUDIT).filter(|s| !s.is_empty()) {
+            config.audit.override_sinks(&spec)?;
+        }
+        if let Some(key) = getenv(env::AUDIT_KEY).filter(|s| !s.is_empty()) {
+            config.audit.key_file = Some(PathBuf::from(key));
+        }
+        if config.audit.enabled && config.audit.file.is_some() && config.audit.key_file.is_none() {
+            return Err(Error::setup(format!(
+                "the audit file needs a key for its HMAC chain: set key_file in [audit] or {} \
+                 (p11gate audit keygen FILE makes one)",
+                env::AUDIT_KEY
+            )));
+        }
         if config.upstreams.is_empty() {
             return Err(Error::setup(format!(
                 "no upstream configured: set {} to a PKCS#11 module, or add an [[upstream]] with a path to {} \
@@ -532,6 +706,19 @@ impl Config {
     }
 
     fn check(&self, place: &Place<'_>) -> Result<()> {
+        let queue = &self.audit.queue;
+        if !(1..=1 << 20).contains(queue.get_ref()) {
+            return Err(place.at(
+                queue.span(),
+                format_args!("audit queue = {}: it must be 1 to 1048576", queue.get_ref()),
+            ));
+        }
+        if let (Some(file), None) = (&self.audit.file, &self.audit.key_file) {
+            return Err(place.at(
+                file.span(),
+                "the audit file needs a key_file for its HMAC chain (p11gate audit keygen FILE makes one)",
+            ));
+        }
         for (i, u) in self.upstreams.iter().enumerate() {
             if u.path.as_os_str().is_empty() {
                 return Err(place.at(

@@ -155,6 +155,7 @@ impl SlotPolicy {
                     "{func}: {} refused on slot {slot} by {rule}",
                     mechanism_text(m)
                 );
+                crate::audit::note_refusal(rule);
                 Err(Error::MechanismInvalid)
             }
         }
@@ -165,6 +166,7 @@ impl SlotPolicy {
     pub fn check_writable(&self, func: &str, slot: CK_SLOT_ID) -> Result<()> {
         if self.read_only {
             log::warn!("{func}: refused on slot {slot}: the slot is read_only");
+            crate::audit::note_refusal("read_only");
             return Err(Error::TokenWriteProtected);
         }
         Ok(())
@@ -248,6 +250,11 @@ impl SlotPolicy {
                     "not sensitive (CKA_SENSITIVE=FALSE)"
                 }
             );
+            crate::audit::note_refusal(if extractable == Some(true) {
+                "require_non_extractable (CKA_EXTRACTABLE=TRUE)"
+            } else {
+                "require_non_extractable (CKA_SENSITIVE=FALSE)"
+            });
             return Err(Error::TemplateInconsistent);
         }
         Ok(match (extractable, sensitive) {

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use once_cell::sync::OnceCell;
 
+use pkcs11_sys::*;
+
+use crate::audit::{self, pipeline, record::now_us, record::Event, record::Record};
 use crate::backend::upstream::Upstream;
 use crate::backend::{Backend, InitArgs};
 use crate::config::{App, Config, LogConfig, LogLevel, LogTarget, Source};
@@ -38,6 +41,8 @@ const BUSY: usize = usize::MAX;
 pub struct Runtime {
     pub config: Config,
     pub router: Router,
+    /// Labels of objects and open operations, for audit records.
+    pub audit: crate::audit::Auditor,
 }
 
 static RUNTIMES: [OnceCell<Runtime>; MAX_RUNTIMES] = [const { OnceCell::new() }; MAX_RUNTIMES];
@@ -85,6 +90,7 @@ fn start(args: InitArgs) -> Result<usize> {
         // The file could not be used: log where the environment says, then say why.
         logging::configure(&log_config_from_env(getenv));
         log::error!("{e}");
+        audit_config_error(getenv, &e.to_string());
     })?;
     if let Some(problem) = logging::configure(&config.log) {
         log::warn!("{problem}");
@@ -92,11 +98,29 @@ fn start(args: InitArgs) -> Result<usize> {
     let app = config
         .select_app(getenv(crate::config::env::APP).as_deref(), &source)
         .inspect_err(|e| log::error!("{e}"))?;
-    let index = runtime_for(&config, &app).inspect_err(|e| log::error!("{e}"))?;
+    let created_before = CREATED.load(Ordering::Acquire);
+    let index = runtime_for(&config, &app).inspect_err(|e| {
+        log::error!("{e}");
+        audit_config_error(getenv, &e.to_string());
+    })?;
     let rt = RUNTIMES[index].get().ok_or(Error::NotInitialized)?;
+    let threads_allowed = args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0;
+    pipeline::start(&rt.config.audit, rt.router.app(), threads_allowed).map_err(|e| {
+        log::error!("audit: {e}");
+        Error::setup(e)
+    })?;
+    if index >= created_before {
+        for b in rt.router.backends() {
+            let mut r = Record::note(Event::Load, rt.router.app().into());
+            r.upstream = Some(b.name().into());
+            r.path = Some(b.describe().into());
+            audit::note(r);
+        }
+    }
     // A fresh start: in a child after fork() these are the parent's sessions.
     rt.router.forget_sessions();
     let backends = rt.router.backends();
+    let started = now_us();
     for (i, backend) in backends.iter().enumerate() {
         if let Err(e) = backend.initialize(&args) {
             log::error!(
@@ -107,6 +131,8 @@ fn start(args: InitArgs) -> Result<usize> {
             for earlier in &backends[..i] {
                 let _ = earlier.finalize();
             }
+            audit_lifecycle(rt, Event::Call, "C_Initialize", started, e.rv(), None);
+            pipeline::stop();
             return Err(e);
         }
     }
@@ -115,12 +141,20 @@ fn start(args: InitArgs) -> Result<usize> {
         for backend in backends {
             let _ = backend.finalize();
         }
+        audit_lifecycle(
+            rt,
+            Event::ConfigError,
+            "C_Initialize",
+            started,
+            e.rv(),
+            Some(e.to_string()),
+        );
+        pipeline::stop();
         return Err(e);
     }
     log_slots(rt);
-    log::info!(
-        "initialised for app {:?}: config {}, upstreams {}",
-        rt.router.app(),
+    let description = format!(
+        "config {}, upstreams {}",
         match &source {
             Source::File(p) => p.display().to_string(),
             Source::NoFile(p) => format!("{} (absent; environment only)", p.display()),
@@ -130,6 +164,15 @@ fn start(args: InitArgs) -> Result<usize> {
             .map(|b| b.describe())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    log::info!("initialised for app {:?}: {description}", rt.router.app());
+    audit_lifecycle(
+        rt,
+        Event::Init,
+        "C_Initialize",
+        started,
+        CKR_OK,
+        Some(description),
     );
     Ok(index)
 }
@@ -150,6 +193,7 @@ fn runtime_for(config: &Config, app: &App) -> Result<usize> {
     let runtime = Runtime {
         config: config.clone(),
         router: build_router(config, app)?,
+        audit: crate::audit::Auditor::default(),
     };
     RUNTIMES[created]
         .set(runtime)
@@ -242,6 +286,7 @@ pub fn finalize() -> Result<()> {
         return Err(Error::NotInitialized);
     }
     let rt = RUNTIMES[state - 1].get().ok_or(Error::NotInitialized)?;
+    let started = now_us();
     rt.router.close_everything();
     let mut result = Ok(());
     for backend in rt.router.backends() {
@@ -254,9 +299,55 @@ pub fn finalize() -> Result<()> {
             result = result.and(Err(e));
         }
     }
+    let rv = result.as_ref().map_or_else(Error::rv, |_| CKR_OK);
+    audit_lifecycle(rt, Event::Finalize, "C_Finalize", started, rv, None);
+    pipeline::stop();
+    rt.audit.keys.clear();
     STATE.store(NOT_INITIALIZED, Ordering::Release);
     log::info!("finalised");
     result
+}
+
+/// An audit record for `C_Initialize` / `C_Finalize`.
+fn audit_lifecycle(
+    rt: &'static Runtime,
+    event: Event,
+    function: &'static str,
+    started: u64,
+    rv: CK_RV,
+    msg: Option<String>,
+) {
+    let mut r = Record::note(event, rt.router.app().into());
+    r.time_us = started;
+    r.function = Some(function);
+    r.rv = Some(rv);
+    r.duration_us = Some(now_us().saturating_sub(started));
+    r.msg = msg.map(String::into_boxed_str);
+    audit::note(r);
+}
+
+/// Audits a configuration that could not be used, with the audit settings the environment
+/// gives (the file's own could not be read), written before `C_Initialize` returns.
+fn audit_config_error(getenv: impl Fn(&str) -> Option<String>, msg: &str) {
+    let mut settings = crate::config::AuditConfig::default();
+    if let Some(spec) = getenv(crate::config::env::AUDIT).filter(|s| !s.is_empty()) {
+        if settings.override_sinks(&spec).is_err() {
+            return;
+        }
+    }
+    if let Some(key) = getenv(crate::config::env::AUDIT_KEY).filter(|s| !s.is_empty()) {
+        settings.key_file = Some(std::path::PathBuf::from(key));
+    }
+    let app = getenv(crate::config::env::APP).unwrap_or_default();
+    if pipeline::start(&settings, "", false).is_err() {
+        return;
+    }
+    let mut r = Record::note(Event::ConfigError, app.into());
+    r.function = Some("C_Initialize");
+    r.rv = Some(CKR_GENERAL_ERROR);
+    r.msg = Some(msg.into());
+    audit::note(r);
+    pipeline::stop();
 }
 
 /// Runs in the child right after `fork()` (from a `pthread_atfork` handler): only atomic

@@ -4,6 +4,9 @@
 //! p11gate config check [FILE]   validate a configuration and show, per app, where each
 //!                               virtual slot leads and which mechanisms it may use
 //! p11gate hash-pin              make the pin_hash for a slot whose credential p11gate holds
+//! p11gate audit keygen FILE     make a key for the audit file's HMAC chain
+//! p11gate audit verify FILE     check an audit file's chain
+//! p11gate audit summary [FILE]  counts per app, key and function from an audit trail
 //! ```
 //!
 //! Exit status: 0 success, 1 the configuration (or an upstream) is not usable, 2 usage error.
@@ -14,6 +17,7 @@ use std::process::ExitCode;
 
 use pkcs11_sys::*;
 
+use p11gate::audit::{self, chain};
 use p11gate::backend::upstream::Upstream;
 use p11gate::backend::{Backend, InitArgs};
 use p11gate::config::{self, Config, Source, TokenTarget};
@@ -26,7 +30,16 @@ const USAGE: &str = "usage:
   p11gate config check [FILE]   validate FILE (default: $P11GATE_CONFIG or /etc/p11gate/p11gate.toml)
                                 and print, per app, each virtual slot's upstream, token and mechanisms
   p11gate hash-pin              read a PIN (without echo on a terminal, else one line of standard
-                                input) and print its argon2id hash for pin_hash";
+                                input) and print its argon2id hash for pin_hash
+  p11gate audit keygen FILE     write a new random 32-byte audit key (hex, mode 0600) to FILE
+  p11gate audit verify FILE [--key KEYFILE]
+                                check the HMAC chain of a JSON-lines audit file; the key defaults
+                                to $P11GATE_AUDIT_KEY, else key_file of the configuration.
+                                Prints \"FILE: OK, N records\" (exit 0) or the first deleted,
+                                inserted, reordered or edited record as FILE:LINE: ... (exit 1)
+  p11gate audit summary [FILE|-] [--since TIME] [--app NAME] [--key LABEL] [--fn NAME] [--errors] [--json]
+                                counts, errors, refusals and first/last time per app, key and
+                                function, from JSON lines or syslog text (default: standard input)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +48,16 @@ fn main() -> ExitCode {
         ["config", "check"] => config_check(None),
         ["config", "check", file] => config_check(Some(PathBuf::from(file))),
         ["hash-pin"] => hash_pin(),
+        ["audit", "keygen", file] => audit_keygen(file),
+        ["audit", "verify", file] => audit_verify(file, None),
+        ["audit", "verify", file, "--key", key] | ["audit", "verify", "--key", key, file] => {
+            audit_verify(file, Some(key))
+        }
+        ["audit", "summary", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let code = audit::summary::run(&rest, &mut std::io::stdout().lock());
+            ExitCode::from(code)
+        }
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -263,4 +286,85 @@ fn read_pin() -> Result<zeroize::Zeroizing<String>, String> {
     line.truncate(trimmed);
     let _ = std::io::stderr().flush();
     Ok(line)
+}
+
+/// `p11gate audit keygen FILE`: 32 random bytes as hex, in a new file only its owner can read.
+fn audit_keygen(file: &str) -> ExitCode {
+    use password_hash::rand_core::{OsRng, RngCore};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut *key);
+    let text = zeroize::Zeroizing::new(format!("{}\n", chain::hex(&*key)));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+    match written {
+        Ok(()) => {
+            let id = chain::AuditKey::from_bytes(&*key).id();
+            println!("{file}: new audit key {id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit keygen: {file}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `p11gate audit verify FILE`: OK, or the first broken record.
+fn audit_verify(file: &str, key: Option<&str>) -> ExitCode {
+    let key_path = match key {
+        Some(k) => PathBuf::from(k),
+        None => match std::env::var(config::env::AUDIT_KEY)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                let getenv = |k: &str| std::env::var(k).ok();
+                Config::discover(getenv).ok()?.0.audit.key_file
+            }) {
+            Some(p) => p,
+            None => {
+                eprintln!(
+                    "audit verify: no key: pass --key KEYFILE, set {}, or key_file in [audit]",
+                    config::env::AUDIT_KEY
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let key = match chain::AuditKey::load(&key_path) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("audit verify: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let input = match std::fs::File::open(file) {
+        Ok(f) => std::io::BufReader::with_capacity(1 << 20, f),
+        Err(e) => {
+            eprintln!("audit verify: {file}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match chain::verify(input, &key) {
+        Ok(chain::Verdict::Intact { records }) => {
+            println!("{file}: OK, {records} records");
+            ExitCode::SUCCESS
+        }
+        Ok(chain::Verdict::Broken { line, kind, detail }) => {
+            println!("{file}:{line}: {}: {detail}", kind.word());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("audit verify: {file}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -104,6 +104,24 @@ impl<'a, T: Copy> OutBuf<'a, T> {
         }
     }
 
+    /// Whether this is a length query (NULL output): such a call ends no operation.
+    pub fn is_length_query(&self) -> bool {
+        self.ptr.is_null()
+    }
+
+    /// The length the caller's length variable holds now (after a call: what was written).
+    pub fn len_value(&self) -> CK_ULONG {
+        *self.len
+    }
+
+    /// The same caller buffer, lent to a backend call so that the length can be read after it.
+    pub fn reborrow(&mut self) -> OutBuf<'_, T> {
+        OutBuf {
+            ptr: self.ptr,
+            len: &mut *self.len,
+        }
+    }
+
     /// The caller's pointers as passed, for forwarding.
     pub fn as_raw(&mut self) -> (*mut T, *mut CK_ULONG) {
         (self.ptr, self.len as *mut CK_ULONG)
@@ -229,7 +247,8 @@ impl<'a> Template<'a> {
     /// The value of the attribute of type `ty`, if present with a non-NULL value.
     pub fn value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
         let a = self.attributes().iter().find(|a| a.type_ == ty)?;
-        if a.pValue.is_null() {
+        // After C_GetAttributeValue a length may be CK_UNAVAILABLE_INFORMATION: no value.
+        if a.pValue.is_null() || a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
             return None;
         }
         // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.

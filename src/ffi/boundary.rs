@@ -15,6 +15,7 @@ use std::sync::Once;
 
 use pkcs11_sys::*;
 
+use crate::audit::Call;
 use crate::error::{Error, Result};
 use crate::names::{mechanism_name, rv_name};
 use crate::runtime::{self, Runtime};
@@ -27,6 +28,26 @@ pub fn guarded(
     body: impl FnOnce(&'static Runtime) -> Result<()>,
 ) -> CK_RV {
     let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
+    finish(name, args, result)
+}
+
+/// Like [`guarded`], for a call that is audited: `body` also fills in the call's audit
+/// record, which is queued (or not: see [`Call::finish`]) when it returns. Under
+/// `on_failure = "deny"`, while an audit sink is down, the call fails with
+/// `CKR_FUNCTION_FAILED` before anything else happens.
+#[inline(always)]
+pub fn audited(
+    name: &'static str,
+    args: impl FnOnce() -> String,
+    body: impl FnOnce(&'static Runtime, &mut Call) -> Result<()>,
+) -> CK_RV {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let rt = runtime::current()?;
+        let mut call = Call::start(name, rt)?;
+        let result = body(rt, &mut call);
+        call.finish(&result);
+        result
+    }));
     finish(name, args, result)
 }
 

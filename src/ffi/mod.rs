@@ -7,10 +7,12 @@
 //! - [`fns`]: the exported functions, one file per chapter of the spec.
 //! - [`mutex`]: fork-aware mutex callbacks p11gate gives its upstreams.
 //! - [`terminal`]: reading a PIN without echo, for the `p11gate` command.
+//! - [`os`]: `SIOCOUTQ` and `atexit`, for the audit writer.
 
 pub mod args;
 pub mod boundary;
 pub mod fns;
 pub mod mutex;
+pub mod os;
 pub mod tables;
 pub mod terminal;

@@ -124,6 +124,13 @@ impl Router {
             .ok_or(Error::SlotIdInvalid)
     }
 
+    /// A slot id's entry and its upstream's name, for audit records (None for an id this app
+    /// may not use).
+    pub fn slot_ref(&self, id: CK_SLOT_ID) -> Option<(&SlotEntry, &str)> {
+        let (_, entry) = self.entry(id).ok()?;
+        Some((entry, self.backend_of(entry).name()))
+    }
+
     /// The backend slot behind a slot id, with its token; `fresh` asks the upstream again.
     pub fn slot(&self, id: CK_SLOT_ID, fresh: bool) -> Result<Slot<'_>> {
         let (index, entry) = self.entry(id)?;
@@ -334,6 +341,7 @@ impl Router {
                 self.app,
                 s.slot
             );
+            crate::audit::note_refusal("pin_hash");
             return Err(Error::PinIncorrect);
         }
         let secret = slots::credential_secret(&credential);
@@ -346,6 +354,7 @@ impl Router {
     pub fn check_pin_change(&self, func: &str, s: &Session<'_>) -> Result<()> {
         if s.entry.holds_credential() {
             log::warn!("{func}: refused on slot {}: p11gate holds this slot's credential; change it in the configuration", s.slot);
+            crate::audit::note_refusal("credential held by p11gate");
             return Err(Error::FunctionNotSupported);
         }
         Ok(())

@@ -89,6 +89,7 @@ impl ObjectScopes {
             Some(slots) if slots.contains(&slot) => Ok(()),
             _ => {
                 log::warn!("object handle {handle:#x} refused: it was not handed out on this slot");
+                crate::audit::note_refusal("object scope (handle of another slot)");
                 Err(invalid)
             }
         }

@@ -104,6 +104,13 @@ fn index_of(handle: CK_SESSION_HANDLE) -> Option<usize> {
     (index < MAX_SESSIONS).then_some(index)
 }
 
+/// The table entry a handle names, for per-session side tables (`usize::MAX` for a handle
+/// p11gate cannot have made).
+#[inline]
+pub fn entry_index(handle: CK_SESSION_HANDLE) -> usize {
+    index_of(handle).unwrap_or(usize::MAX)
+}
+
 impl SessionTable {
     fn entry(&self, index: usize) -> Option<&Entry> {
         self.chunks

@@ -36,6 +36,9 @@ pub struct SlotEntry {
     credential: RwLock<Option<std::sync::Arc<Credential>>>,
     /// The upstream slot id last found for the target.
     found: RwLock<Option<CK_SLOT_ID>>,
+    /// Token labels seen in `C_GetTokenInfo` answers, by the slot id the application used, for
+    /// audit records (a passthrough entry stands for several slots).
+    token_labels: RwLock<Vec<(CK_SLOT_ID, std::sync::Arc<str>)>>,
 }
 
 impl SlotEntry {
@@ -54,6 +57,35 @@ impl SlotEntry {
             credential_source,
             credential: RwLock::new(None),
             found: RwLock::new(None),
+            token_labels: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The label of the token behind the application's slot `id`, as far as known: the
+    /// configured label, or the last one `C_GetTokenInfo` reported.
+    pub fn token_label(&self, id: CK_SLOT_ID) -> Option<std::sync::Arc<str>> {
+        let labels = self.token_labels.read();
+        if let Some((_, l)) = labels.iter().find(|(s, _)| *s == id) {
+            return Some(l.clone());
+        }
+        drop(labels);
+        match &self.target {
+            Some(TokenTarget::Label(l)) => Some(l.as_str().into()),
+            _ => None,
+        }
+    }
+
+    /// Notes the label of the token behind the application's slot `id` (from token info).
+    pub fn learn_token_label(&self, id: CK_SLOT_ID, info: &CK_TOKEN_INFO) {
+        let label = String::from_utf8_lossy(trimmed(&info.label));
+        let mut labels = self.token_labels.write();
+        let full = labels.len() >= 256;
+        match labels.iter_mut().find(|(s, _)| *s == id) {
+            Some((_, l)) if **l == *label => {}
+            Some((_, l)) => *l = label.as_ref().into(),
+            // A passthrough upstream with very many slots: keep the first few hundred.
+            None if !full => labels.push((id, label.as_ref().into())),
+            None => {}
         }
     }
 
@@ -111,7 +143,11 @@ impl SlotEntry {
             Some(TokenTarget::Serial(serial)) => {
                 find_token(backend, |t| trimmed(&t.serialNumber) == serial.as_bytes())
             }
-        };
+        }
+        .map(|(slot, info)| {
+            self.learn_token_label(self.id, &info);
+            slot
+        });
         *self.found.write() = found;
         found
     }
@@ -140,11 +176,11 @@ fn trimmed(field: &[u8]) -> &[u8] {
 fn find_token(
     backend: &dyn Backend,
     matches: impl Fn(&CK_TOKEN_INFO) -> bool,
-) -> Option<CK_SLOT_ID> {
+) -> Option<(CK_SLOT_ID, CK_TOKEN_INFO)> {
     let slots = slot_ids(backend, true).ok()?;
-    slots.into_iter().find(|&slot| {
+    slots.into_iter().find_map(|slot| {
         let mut info = CK_TOKEN_INFO::default();
-        backend.token_info(slot, &mut info).is_ok() && matches(&info)
+        (backend.token_info(slot, &mut info).is_ok() && matches(&info)).then_some((slot, info))
     })
 }
 

@@ -6,8 +6,9 @@ use pkcs11_sys::*;
 
 use crate::error::Error;
 
+use crate::audit::ops::OpKind;
 use crate::ffi::args::{InBuf, Mechanism, OutBuf};
-use crate::ffi::boundary::{guarded, mechanism_arg};
+use crate::ffi::boundary::{audited, mechanism_arg};
 
 /// C_EncryptInit — §5.8.
 ///
@@ -19,7 +20,7 @@ pub unsafe extern "C" fn C_EncryptInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -29,10 +30,14 @@ pub unsafe extern "C" fn C_EncryptInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.8).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Encrypt);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_EncryptInit", s.slot, m.mechanism_type())?;
@@ -54,24 +59,27 @@ pub unsafe extern "C" fn C_Encrypt(
     pEncryptedData: CK_BYTE_PTR,
     pulEncryptedDataLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_Encrypt",
         || {
             format!(
                 "hSession={hSession:#x}, ulDataLen={ulDataLen}, pEncryptedData={pEncryptedData:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulDataLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.8).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pData, ulDataLen)?,
                     OutBuf::new(pEncryptedData, pulEncryptedDataLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.encrypt(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Encrypt, true, input.len(), &mut output, |o| {
+                s.backend.encrypt(s.handle, input, o)
+            })
         },
     )
 }
@@ -88,24 +96,27 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     pEncryptedPart: CK_BYTE_PTR,
     pulEncryptedPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.8).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pPart, ulPartLen)?,
                     OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.encrypt_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Encrypt, false, input.len(), &mut output, |o| {
+                s.backend.encrypt_update(s.handle, input, o)
+            })
         },
     )
 }
@@ -120,15 +131,18 @@ pub unsafe extern "C" fn C_EncryptFinal(
     pLastEncryptedPart: CK_BYTE_PTR,
     pulLastEncryptedPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptFinal",
         || format!("hSession={hSession:#x}, pLastEncryptedPart={pLastEncryptedPart:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the length is NULL or writable; the output NULL (length query) or has room
             // for its length (§5.8).
-            let output = unsafe { OutBuf::new(pLastEncryptedPart, pulLastEncryptedPartLen) }?;
+            let mut output = unsafe { OutBuf::new(pLastEncryptedPart, pulLastEncryptedPartLen) }?;
             let s = rt.router.session(hSession)?;
-            s.backend.encrypt_final(s.handle, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Encrypt, true, 0, &mut output, |o| {
+                s.backend.encrypt_final(s.handle, o)
+            })
         },
     )
 }
@@ -143,7 +157,7 @@ pub unsafe extern "C" fn C_DecryptInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -153,10 +167,14 @@ pub unsafe extern "C" fn C_DecryptInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.9).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Decrypt);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_DecryptInit", s.slot, m.mechanism_type())?;
@@ -178,24 +196,27 @@ pub unsafe extern "C" fn C_Decrypt(
     pData: CK_BYTE_PTR,
     pulDataLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_Decrypt",
         || {
             format!(
                 "hSession={hSession:#x}, ulEncryptedDataLen={ulEncryptedDataLen}, pData={pData:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulEncryptedDataLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.9).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pEncryptedData, ulEncryptedDataLen)?,
                     OutBuf::new(pData, pulDataLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.decrypt(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Decrypt, true, input.len(), &mut output, |o| {
+                s.backend.decrypt(s.handle, input, o)
+            })
         },
     )
 }
@@ -212,24 +233,27 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     pPart: CK_BYTE_PTR,
     pulPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.9).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
                     OutBuf::new(pPart, pulPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.decrypt_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Decrypt, false, input.len(), &mut output, |o| {
+                s.backend.decrypt_update(s.handle, input, o)
+            })
         },
     )
 }
@@ -244,15 +268,18 @@ pub unsafe extern "C" fn C_DecryptFinal(
     pLastPart: CK_BYTE_PTR,
     pulLastPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptFinal",
         || format!("hSession={hSession:#x}, pLastPart={pLastPart:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the length is NULL or writable; the output NULL (length query) or has room
             // for its length (§5.9).
-            let output = unsafe { OutBuf::new(pLastPart, pulLastPartLen) }?;
+            let mut output = unsafe { OutBuf::new(pLastPart, pulLastPartLen) }?;
             let s = rt.router.session(hSession)?;
-            s.backend.decrypt_final(s.handle, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Decrypt, true, 0, &mut output, |o| {
+                s.backend.decrypt_final(s.handle, o)
+            })
         },
     )
 }
@@ -269,24 +296,27 @@ pub unsafe extern "C" fn C_DigestEncryptUpdate(
     pEncryptedPart: CK_BYTE_PTR,
     pulEncryptedPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DigestEncryptUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pPart, ulPartLen)?,
                     OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.digest_encrypt_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Encrypt, false, input.len(), &mut output, |o| {
+                s.backend.digest_encrypt_update(s.handle, input, o)
+            })
         },
     )
 }
@@ -303,24 +333,27 @@ pub unsafe extern "C" fn C_DecryptDigestUpdate(
     pPart: CK_BYTE_PTR,
     pulPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptDigestUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
                     OutBuf::new(pPart, pulPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.decrypt_digest_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Decrypt, false, input.len(), &mut output, |o| {
+                s.backend.decrypt_digest_update(s.handle, input, o)
+            })
         },
     )
 }
@@ -337,24 +370,27 @@ pub unsafe extern "C" fn C_SignEncryptUpdate(
     pEncryptedPart: CK_BYTE_PTR,
     pulEncryptedPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignEncryptUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulPartLen={ulPartLen}, pEncryptedPart={pEncryptedPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pPart, ulPartLen)?,
                     OutBuf::new(pEncryptedPart, pulEncryptedPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.sign_encrypt_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Encrypt, false, input.len(), &mut output, |o| {
+                s.backend.sign_encrypt_update(s.handle, input, o)
+            })
         },
     )
 }
@@ -371,24 +407,27 @@ pub unsafe extern "C" fn C_DecryptVerifyUpdate(
     pPart: CK_BYTE_PTR,
     pulPartLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptVerifyUpdate",
         || {
             format!(
                 "hSession={hSession:#x}, ulEncryptedPartLen={ulEncryptedPartLen}, pPart={pPart:?}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulEncryptedPartLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.13).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pEncryptedPart, ulEncryptedPartLen)?,
                     OutBuf::new(pPart, pulPartLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.decrypt_verify_update(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Decrypt, false, input.len(), &mut output, |o| {
+                s.backend.decrypt_verify_update(s.handle, input, o)
+            })
         },
     )
 }

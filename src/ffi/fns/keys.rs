@@ -6,7 +6,7 @@ use pkcs11_sys::*;
 use crate::error::Error;
 
 use crate::ffi::args::{out, InBuf, Mechanism, OutBuf, Template};
-use crate::ffi::boundary::{guarded, mechanism_arg};
+use crate::ffi::boundary::{audited, mechanism_arg};
 use crate::policy::NewObject;
 
 /// C_GenerateKey — §5.14.
@@ -21,7 +21,7 @@ pub unsafe extern "C" fn C_GenerateKey(
     ulCount: CK_ULONG,
     phKey: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_GenerateKey",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -31,7 +31,7 @@ pub unsafe extern "C" fn C_GenerateKey(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; pTemplate NULL or ulCount attributes;
             // phKey NULL or writable (§5.14).
             let (m, t, key) = unsafe {
@@ -42,6 +42,10 @@ pub unsafe extern "C" fn C_GenerateKey(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.mechanism(m.mechanism_type());
+            call.attrs(&t);
+            let info = call.describe_as(&t, CKO_SECRET_KEY);
             s.entry
                 .policy
                 .check_mechanism("C_GenerateKey", s.slot, m.mechanism_type())?;
@@ -56,6 +60,7 @@ pub unsafe extern "C" fn C_GenerateKey(
             )?;
             s.backend.generate_key(s.handle, m, t, &mut *key)?;
             rt.router.record_objects(&s, &[*key]);
+            call.made(*key, info);
             Ok(())
         },
     )
@@ -76,14 +81,14 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     phPublicKey: CK_OBJECT_HANDLE_PTR,
     phPrivateKey: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_GenerateKeyPair",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
             let mechanism = unsafe { mechanism_arg(pMechanism) };
             format!("hSession={hSession:#x}, pMechanism={}", mechanism)
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; each template NULL or its count of
             // attributes; the handle pointers NULL or writable (§5.14).
             let (m, public, private, public_key, private_key) = unsafe {
@@ -96,6 +101,11 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.mechanism(m.mechanism_type());
+            call.attrs(&private);
+            let private_info = call.describe_as(&private, CKO_PRIVATE_KEY);
+            let public_info = call.describe_as(&public, CKO_PUBLIC_KEY);
             s.entry
                 .policy
                 .check_mechanism("C_GenerateKeyPair", s.slot, m.mechanism_type())?;
@@ -117,6 +127,8 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
                 &mut *private_key,
             )?;
             rt.router.record_objects(&s, &[*public_key, *private_key]);
+            call.made(*private_key, private_info);
+            call.made_public(*public_key, public_info);
             Ok(())
         },
     )
@@ -135,7 +147,7 @@ pub unsafe extern "C" fn C_WrapKey(
     pWrappedKey: CK_BYTE_PTR,
     pulWrappedKeyLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_WrapKey",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -145,7 +157,7 @@ pub unsafe extern "C" fn C_WrapKey(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; the length NULL or writable, the buffer
             // NULL (length query) or room for its length (§5.14).
             let (m, wrapped) = unsafe {
@@ -155,6 +167,13 @@ pub unsafe extern "C" fn C_WrapKey(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.mechanism(m.mechanism_type());
+            call.key(hWrappingKey);
+            call.object(hKey);
+            if wrapped.is_length_query() {
+                call.only_errors();
+            }
             s.entry
                 .policy
                 .check_mechanism("C_WrapKey", s.slot, m.mechanism_type())?;
@@ -181,7 +200,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
     ulAttributeCount: CK_ULONG,
     phKey: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_UnwrapKey",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -191,7 +210,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; the wrapped key NULL or its length in
             // bytes; pTemplate NULL or ulAttributeCount attributes; phKey NULL or writable (§5.14).
             let (m, wrapped, t, key) = unsafe {
@@ -203,6 +222,11 @@ pub unsafe extern "C" fn C_UnwrapKey(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.mechanism(m.mechanism_type());
+            call.key(hUnwrappingKey);
+            call.attrs(&t);
+            let info = call.describe(&t);
             s.entry
                 .policy
                 .check_mechanism("C_UnwrapKey", s.slot, m.mechanism_type())?;
@@ -220,6 +244,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
             s.backend
                 .unwrap_key(s.handle, m, hUnwrappingKey, wrapped, t, &mut *key)?;
             rt.router.record_objects(&s, &[*key]);
+            call.made(*key, info);
             Ok(())
         },
     )
@@ -238,7 +263,7 @@ pub unsafe extern "C" fn C_DeriveKey(
     ulAttributeCount: CK_ULONG,
     phKey: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DeriveKey",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -248,7 +273,7 @@ pub unsafe extern "C" fn C_DeriveKey(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism NULL or a CK_MECHANISM; pTemplate NULL or ulAttributeCount
             // attributes; phKey NULL or writable (§5.14).
             let (m, t, key) = unsafe {
@@ -259,6 +284,11 @@ pub unsafe extern "C" fn C_DeriveKey(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.mechanism(m.mechanism_type());
+            call.key(hBaseKey);
+            call.attrs(&t);
+            let info = call.describe_as(&t, CKO_SECRET_KEY);
             s.entry
                 .policy
                 .check_mechanism("C_DeriveKey", s.slot, m.mechanism_type())?;
@@ -275,6 +305,7 @@ pub unsafe extern "C" fn C_DeriveKey(
                 .check_object(&s, hBaseKey, Error::KeyHandleInvalid)?;
             s.backend.derive_key(s.handle, m, hBaseKey, t, &mut *key)?;
             rt.router.record_objects(&s, &[*key]);
+            call.made(*key, info);
             Ok(())
         },
     )

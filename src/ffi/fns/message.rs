@@ -6,9 +6,10 @@ use pkcs11_sys::*;
 
 use crate::error::Error;
 
+use crate::audit::ops::OpKind;
 use crate::backend::MessageKind;
 use crate::ffi::args::{InBuf, Mechanism, MessageSignature, OutBuf, Param, SignatureDirection};
-use crate::ffi::boundary::{guarded, mechanism_arg};
+use crate::ffi::boundary::{audited, mechanism_arg};
 use crate::ffi::fns::session::user_text;
 
 /// C_LoginUser — 3.0 §5.6. PIN and user name are forwarded, never logged.
@@ -24,7 +25,7 @@ pub unsafe extern "C" fn C_LoginUser(
     pUsername: CK_UTF8CHAR_PTR,
     ulUsernameLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_LoginUser",
         || {
             format!(
@@ -32,7 +33,7 @@ pub unsafe extern "C" fn C_LoginUser(
                 user_text(userType)
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: each of PIN and user name is NULL or has its length in bytes (3.0 §5.6).
             let (pin, user) = unsafe {
                 (
@@ -41,6 +42,8 @@ pub unsafe extern "C" fn C_LoginUser(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.user(userType);
             s.backend.login_user(s.handle, userType, pin, user)
         },
     )
@@ -52,11 +55,12 @@ pub unsafe extern "C" fn C_LoginUser(
 /// Pointer arguments must be valid as PKCS#11 3.0 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_SessionCancel(hSession: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
-    guarded(
+    audited(
         "C_SessionCancel",
         || format!("hSession={hSession:#x}, flags={flags:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
             s.backend.session_cancel(s.handle, flags)
         },
     )
@@ -72,7 +76,7 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageEncryptInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -82,10 +86,14 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::MessageEncrypt);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_MessageEncryptInit", s.slot, m.mechanism_type())?;
@@ -102,11 +110,13 @@ pub unsafe extern "C" fn C_MessageEncryptInit(
 /// Pointer arguments must be valid as PKCS#11 3.0 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_MessageEncryptFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageEncryptFinal",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::MessageEncrypt, false);
             s.backend.message_final(MessageKind::Encrypt, s.handle)
         },
     )
@@ -122,7 +132,7 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageDecryptInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -132,10 +142,14 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::MessageDecrypt);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_MessageDecryptInit", s.slot, m.mechanism_type())?;
@@ -152,11 +166,13 @@ pub unsafe extern "C" fn C_MessageDecryptInit(
 /// Pointer arguments must be valid as PKCS#11 3.0 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_MessageDecryptFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageDecryptFinal",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::MessageDecrypt, false);
             s.backend.message_final(MessageKind::Decrypt, s.handle)
         },
     )
@@ -172,7 +188,7 @@ pub unsafe extern "C" fn C_MessageSignInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageSignInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -182,10 +198,14 @@ pub unsafe extern "C" fn C_MessageSignInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::MessageSign);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_MessageSignInit", s.slot, m.mechanism_type())?;
@@ -201,11 +221,13 @@ pub unsafe extern "C" fn C_MessageSignInit(
 /// Pointer arguments must be valid as PKCS#11 3.0 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_MessageSignFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageSignFinal",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::MessageSign, false);
             s.backend.message_final(MessageKind::Sign, s.handle)
         },
     )
@@ -221,7 +243,7 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageVerifyInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -231,10 +253,14 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM.
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::MessageVerify);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_MessageVerifyInit", s.slot, m.mechanism_type())?;
@@ -251,11 +277,13 @@ pub unsafe extern "C" fn C_MessageVerifyInit(
 /// Pointer arguments must be valid as PKCS#11 3.0 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_MessageVerifyFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_MessageVerifyFinal",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::MessageVerify, false);
             s.backend.message_final(MessageKind::Verify, s.handle)
         },
     )
@@ -277,12 +305,12 @@ pub unsafe extern "C" fn C_EncryptMessage(
     pCiphertext: CK_BYTE_PTR,
     pulCiphertextLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptMessage",
         || {
             format!("hSession={hSession:#x}, ulAssociatedDataLen={ulAssociatedDataLen}, ulPlaintextLen={ulPlaintextLen}")
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the inputs are NULL or have their lengths in bytes; the output length is
             // NULL or writable and the output NULL (length query) or room for its length.
             let (aad, input, output) = unsafe {
@@ -293,6 +321,8 @@ pub unsafe extern "C" fn C_EncryptMessage(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.message(OpKind::MessageEncrypt);
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .crypt_message(MessageKind::Encrypt, s.handle, param, aad, input, output)
@@ -312,13 +342,15 @@ pub unsafe extern "C" fn C_EncryptMessageBegin(
     pAssociatedData: CK_BYTE_PTR,
     ulAssociatedDataLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptMessageBegin",
         || format!("hSession={hSession:#x}, ulAssociatedDataLen={ulAssociatedDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the associated data is NULL or has its length in bytes.
             let aad = unsafe { InBuf::new(pAssociatedData, ulAssociatedDataLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             s.backend.crypt_message_begin(
                 MessageKind::Encrypt,
                 s.handle,
@@ -344,14 +376,14 @@ pub unsafe extern "C" fn C_EncryptMessageNext(
     pulCiphertextPartLen: CK_ULONG_PTR,
     flags: CK_FLAGS,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_EncryptMessageNext",
         || {
             format!(
                 "hSession={hSession:#x}, ulPlaintextPartLen={ulPlaintextPartLen}, flags={flags:#x}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has its length in bytes; the output length is NULL or
             // writable and the output NULL (length query) or room for its length.
             let (input, output) = unsafe {
@@ -361,6 +393,8 @@ pub unsafe extern "C" fn C_EncryptMessageNext(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             let param = Param::new(pParameter, ulParameterLen);
             s.backend.crypt_message_next(
                 MessageKind::Encrypt,
@@ -390,12 +424,12 @@ pub unsafe extern "C" fn C_DecryptMessage(
     pPlaintext: CK_BYTE_PTR,
     pulPlaintextLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptMessage",
         || {
             format!("hSession={hSession:#x}, ulAssociatedDataLen={ulAssociatedDataLen}, ulCiphertextLen={ulCiphertextLen}")
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the inputs are NULL or have their lengths in bytes; the output length is
             // NULL or writable and the output NULL (length query) or room for its length.
             let (aad, input, output) = unsafe {
@@ -406,6 +440,8 @@ pub unsafe extern "C" fn C_DecryptMessage(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.message(OpKind::MessageDecrypt);
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .crypt_message(MessageKind::Decrypt, s.handle, param, aad, input, output)
@@ -425,13 +461,15 @@ pub unsafe extern "C" fn C_DecryptMessageBegin(
     pAssociatedData: CK_BYTE_PTR,
     ulAssociatedDataLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptMessageBegin",
         || format!("hSession={hSession:#x}, ulAssociatedDataLen={ulAssociatedDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the associated data is NULL or has its length in bytes.
             let aad = unsafe { InBuf::new(pAssociatedData, ulAssociatedDataLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             s.backend.crypt_message_begin(
                 MessageKind::Decrypt,
                 s.handle,
@@ -457,12 +495,12 @@ pub unsafe extern "C" fn C_DecryptMessageNext(
     pulPlaintextPartLen: CK_ULONG_PTR,
     flags: CK_FLAGS,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DecryptMessageNext",
         || {
             format!("hSession={hSession:#x}, ulCiphertextPartLen={ulCiphertextPartLen}, flags={flags:#x}")
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has its length in bytes; the output length is NULL or
             // writable and the output NULL (length query) or room for its length.
             let (input, output) = unsafe {
@@ -472,6 +510,8 @@ pub unsafe extern "C" fn C_DecryptMessageNext(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             let param = Param::new(pParameter, ulParameterLen);
             s.backend.crypt_message_next(
                 MessageKind::Decrypt,
@@ -500,10 +540,10 @@ pub unsafe extern "C" fn C_SignMessage(
     pSignature: CK_BYTE_PTR,
     pulSignatureLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignMessage",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pData is NULL or has ulDataLen readable bytes; the signature pointers are
             // as the spec allows for this function and are only forwarded.
             let (data, sig) = unsafe {
@@ -513,6 +553,8 @@ pub unsafe extern "C" fn C_SignMessage(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.message(OpKind::MessageSign);
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .sign_message(MessageKind::Sign, s.handle, param, data, sig)
@@ -535,10 +577,10 @@ pub unsafe extern "C" fn C_SignMessageNext(
     pSignature: CK_BYTE_PTR,
     pulSignatureLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignMessageNext",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pData is NULL or has ulDataLen readable bytes; the signature pointers are
             // as the spec allows for this function and are only forwarded.
             let (data, sig) = unsafe {
@@ -548,6 +590,8 @@ pub unsafe extern "C" fn C_SignMessageNext(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .sign_message_next(MessageKind::Sign, s.handle, param, data, sig)
@@ -565,11 +609,13 @@ pub unsafe extern "C" fn C_SignMessageBegin(
     pParameter: CK_VOID_PTR,
     ulParameterLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignMessageBegin",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             s.backend.sign_message_begin(
                 MessageKind::Sign,
                 s.handle,
@@ -594,10 +640,10 @@ pub unsafe extern "C" fn C_VerifyMessage(
     pSignature: CK_BYTE_PTR,
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyMessage",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pData is NULL or has ulDataLen readable bytes; the signature pointers are
             // as the spec allows for this function and are only forwarded.
             let (data, sig) = unsafe {
@@ -607,6 +653,8 @@ pub unsafe extern "C" fn C_VerifyMessage(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.message(OpKind::MessageVerify);
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .sign_message(MessageKind::Verify, s.handle, param, data, sig)
@@ -629,10 +677,10 @@ pub unsafe extern "C" fn C_VerifyMessageNext(
     pSignature: CK_BYTE_PTR,
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyMessageNext",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pData is NULL or has ulDataLen readable bytes; the signature pointers are
             // as the spec allows for this function and are only forwarded.
             let (data, sig) = unsafe {
@@ -642,6 +690,8 @@ pub unsafe extern "C" fn C_VerifyMessageNext(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             let param = Param::new(pParameter, ulParameterLen);
             s.backend
                 .sign_message_next(MessageKind::Verify, s.handle, param, data, sig)
@@ -659,11 +709,13 @@ pub unsafe extern "C" fn C_VerifyMessageBegin(
     pParameter: CK_VOID_PTR,
     ulParameterLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyMessageBegin",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             s.backend.sign_message_begin(
                 MessageKind::Verify,
                 s.handle,

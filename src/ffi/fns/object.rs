@@ -5,7 +5,7 @@ use pkcs11_sys::*;
 use crate::error::Error;
 
 use crate::ffi::args::{out, out_slice, Template};
-use crate::ffi::boundary::guarded;
+use crate::ffi::boundary::{audited, guarded};
 use crate::policy::NewObject;
 
 /// C_CreateObject — §5.7.
@@ -19,13 +19,16 @@ pub unsafe extern "C" fn C_CreateObject(
     ulCount: CK_ULONG,
     phObject: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_CreateObject",
         || format!("hSession={hSession:#x}, ulCount={ulCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes; phObject NULL or writable (§5.7).
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phObject)?) };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.attrs(&t);
+            let info = call.describe(&t);
             s.entry.policy.check_writable("C_CreateObject", s.slot)?;
             let mut storage = Vec::new();
             let t = s.entry.policy.protected_template(
@@ -37,6 +40,7 @@ pub unsafe extern "C" fn C_CreateObject(
             )?;
             s.backend.create_object(s.handle, t, &mut *obj)?;
             rt.router.record_objects(&s, &[*obj]);
+            call.made(*obj, info);
             Ok(())
         },
     )
@@ -54,13 +58,17 @@ pub unsafe extern "C" fn C_CopyObject(
     ulCount: CK_ULONG,
     phNewObject: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_CopyObject",
         || format!("hSession={hSession:#x}, hObject={hObject:#x}, ulCount={ulCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes; phNewObject NULL or writable (§5.7).
             let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phNewObject)?) };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.key(hObject);
+            call.attrs(&t);
+            let info = call.describe(&t);
             s.entry.policy.check_writable("C_CopyObject", s.slot)?;
             rt.router
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
@@ -70,6 +78,7 @@ pub unsafe extern "C" fn C_CopyObject(
                 .protected_copy("C_CopyObject", &s, hObject, t, &mut storage)?;
             s.backend.copy_object(s.handle, hObject, t, &mut *obj)?;
             rt.router.record_objects(&s, &[*obj]);
+            call.made(*obj, info);
             Ok(())
         },
     )
@@ -84,16 +93,19 @@ pub unsafe extern "C" fn C_DestroyObject(
     hSession: CK_SESSION_HANDLE,
     hObject: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_DestroyObject",
         || format!("hSession={hSession:#x}, hObject={hObject:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.destroying(hObject);
             s.entry.policy.check_writable("C_DestroyObject", s.slot)?;
             rt.router
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             s.backend.destroy_object(s.handle, hObject)?;
             rt.router.forget_object(&s, hObject);
+            call.destroyed(hObject);
             Ok(())
         },
     )
@@ -135,16 +147,35 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     pTemplate: CK_ATTRIBUTE_PTR,
     ulCount: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_GetAttributeValue",
         || format!("hSession={hSession:#x}, hObject={hObject:#x}, ulCount={ulCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
             let t = unsafe { Template::new(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.object(hObject);
+            call.attrs(&t);
+            if t.attributes().iter().all(|a| a.pValue.is_null()) {
+                call.only_errors();
+            }
             rt.router
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
-            s.backend.get_attribute_value(s.handle, hObject, t)
+            let result = s.backend.get_attribute_value(s.handle, hObject, t);
+            if matches!(
+                result,
+                Ok(())
+                    | Err(Error::Backend(
+                        CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID
+                    ))
+            ) {
+                // SAFETY: the same caller template as above, now holding what the backend wrote
+                // (lengths of CK_UNAVAILABLE_INFORMATION are skipped by Template::value).
+                let filled = unsafe { Template::new(pTemplate, ulCount) }?;
+                call.learn(hObject, &filled);
+            }
+            result
         },
     )
 }
@@ -160,13 +191,17 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     pTemplate: CK_ATTRIBUTE_PTR,
     ulCount: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SetAttributeValue",
         || format!("hSession={hSession:#x}, hObject={hObject:#x}, ulCount={ulCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
             let t = unsafe { Template::new(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.object(hObject);
+            call.attrs(&t);
+            let info = call.describe(&t);
             s.entry
                 .policy
                 .check_writable("C_SetAttributeValue", s.slot)?;
@@ -174,7 +209,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             rt.router
                 .check_attribute_change("C_SetAttributeValue", &s, hObject, &t)?;
-            s.backend.set_attribute_value(s.handle, hObject, t)
+            s.backend.set_attribute_value(s.handle, hObject, t)?;
+            call.made(hObject, info);
+            Ok(())
         },
     )
 }
@@ -189,13 +226,16 @@ pub unsafe extern "C" fn C_FindObjectsInit(
     pTemplate: CK_ATTRIBUTE_PTR,
     ulCount: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_FindObjectsInit",
         || format!("hSession={hSession:#x}, ulCount={ulCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
             let t = unsafe { Template::new(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.attrs(&t);
+            call.find_started(&t);
             s.backend.find_objects_init(s.handle, t)
         },
     )
@@ -212,18 +252,21 @@ pub unsafe extern "C" fn C_FindObjects(
     ulMaxObjectCount: CK_ULONG,
     pulObjectCount: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_FindObjects",
         || format!("hSession={hSession:#x}, ulMaxObjectCount={ulMaxObjectCount}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: phObject is NULL or has room for ulMaxObjectCount handles; pulObjectCount
             // is NULL or writable (§5.7).
             let (found, count) =
                 unsafe { (out_slice(phObject, ulMaxObjectCount)?, out(pulObjectCount)?) };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
             s.backend.find_objects(s.handle, &mut *found, &mut *count)?;
-            rt.router
-                .record_objects(&s, &found[..(*count as usize).min(found.len())]);
+            let handles = &found[..(*count as usize).min(found.len())];
+            rt.router.record_objects(&s, handles);
+            call.found(handles);
             Ok(())
         },
     )
@@ -235,11 +278,14 @@ pub unsafe extern "C" fn C_FindObjects(
 /// Pointer arguments must be valid as PKCS#11 2.40 §5.7 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_FindObjectsFinal",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.only_errors();
+            call.find_ended();
             s.backend.find_objects_final(s.handle)
         },
     )

@@ -4,7 +4,7 @@
 use pkcs11_sys::*;
 
 use crate::ffi::args::{InBuf, MutBuf};
-use crate::ffi::boundary::guarded;
+use crate::ffi::boundary::{audited, guarded};
 
 /// C_SeedRandom — §5.15.
 ///
@@ -16,13 +16,15 @@ pub unsafe extern "C" fn C_SeedRandom(
     pSeed: CK_BYTE_PTR,
     ulSeedLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SeedRandom",
         || format!("hSession={hSession:#x}, ulSeedLen={ulSeedLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pSeed is NULL or has ulSeedLen readable bytes (§5.15).
             let seed = unsafe { InBuf::new(pSeed, ulSeedLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.bytes(seed.len(), 0);
             s.backend.seed_random(s.handle, seed)
         },
     )
@@ -38,13 +40,15 @@ pub unsafe extern "C" fn C_GenerateRandom(
     RandomData: CK_BYTE_PTR,
     ulRandomLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_GenerateRandom",
         || format!("hSession={hSession:#x}, ulRandomLen={ulRandomLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: RandomData is NULL or has ulRandomLen writable bytes (§5.15).
             let buf = unsafe { MutBuf::new(RandomData, ulRandomLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.bytes(0, buf.len());
             s.backend.generate_random(s.handle, buf)
         },
     )

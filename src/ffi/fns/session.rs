@@ -5,7 +5,7 @@ use pkcs11_sys::*;
 use crate::error::Error;
 
 use crate::ffi::args::{out, InBuf, OutBuf};
-use crate::ffi::boundary::guarded;
+use crate::ffi::boundary::{audited, guarded};
 
 /// C_OpenSession — §5.6. `pApplication` and `Notify` are not forwarded (see
 /// `Router::open_session`): the application only ever sees p11gate's handles.
@@ -21,13 +21,18 @@ pub unsafe extern "C" fn C_OpenSession(
     phSession: CK_SESSION_HANDLE_PTR,
 ) -> CK_RV {
     let _ = (pApplication, Notify);
-    guarded(
+    audited(
         "C_OpenSession",
         || format!("slotID={slotID:#x}, flags={flags:#x}"),
-        |rt| {
+        |rt, call| {
+            if let Some((entry, upstream)) = rt.router.slot_ref(slotID) {
+                call.slot(slotID, upstream, entry);
+            }
+            call.rw(flags & CKF_RW_SESSION != 0);
             // SAFETY: phSession is NULL or points to a writable handle (§5.6).
             let handle = unsafe { out(phSession) }?;
             *handle = rt.router.open_session(slotID, flags)?;
+            call.session_opened(*handle);
             Ok(())
         },
     )
@@ -39,10 +44,17 @@ pub unsafe extern "C" fn C_OpenSession(
 /// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_CloseSession",
         || format!("hSession={hSession:#x}"),
-        |rt| rt.router.close_session(hSession),
+        |rt, call| {
+            if let Ok(s) = rt.router.session(hSession) {
+                call.session(&s, hSession);
+            }
+            rt.router.close_session(hSession)?;
+            call.session_closing();
+            Ok(())
+        },
     )
 }
 
@@ -52,10 +64,15 @@ pub unsafe extern "C" fn C_CloseSession(hSession: CK_SESSION_HANDLE) -> CK_RV {
 /// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
-    guarded(
+    audited(
         "C_CloseAllSessions",
         || format!("slotID={slotID:#x}"),
-        |rt| rt.router.close_all_sessions(slotID),
+        |rt, call| {
+            if let Some((entry, upstream)) = rt.router.slot_ref(slotID) {
+                call.slot(slotID, upstream, entry);
+            }
+            rt.router.close_all_sessions(slotID)
+        },
     )
 }
 
@@ -142,7 +159,7 @@ pub unsafe extern "C" fn C_Login(
     pPin: CK_UTF8CHAR_PTR,
     ulPinLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_Login",
         || {
             format!(
@@ -150,7 +167,11 @@ pub unsafe extern "C" fn C_Login(
                 user_text(userType)
             )
         },
-        |rt| {
+        |rt, call| {
+            call.user(userType);
+            if let Ok(s) = rt.router.session(hSession) {
+                call.session(&s, hSession);
+            }
             // SAFETY: pPin is NULL (protected authentication path) or has ulPinLen bytes (§5.6).
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
             rt.router.login(hSession, userType, pin)
@@ -164,11 +185,12 @@ pub unsafe extern "C" fn C_Login(
 /// Pointer arguments must be valid as PKCS#11 2.40 §5.6 specifies for this function.
 #[no_mangle]
 pub unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
-    guarded(
+    audited(
         "C_Logout",
         || format!("hSession={hSession:#x}"),
-        |rt| {
+        |rt, call| {
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
             s.backend.logout(s.handle)
         },
     )

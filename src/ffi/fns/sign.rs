@@ -4,8 +4,9 @@ use pkcs11_sys::*;
 
 use crate::error::Error;
 
+use crate::audit::ops::OpKind;
 use crate::ffi::args::{InBuf, Mechanism, OutBuf};
-use crate::ffi::boundary::{guarded, mechanism_arg};
+use crate::ffi::boundary::{audited, mechanism_arg};
 
 /// C_SignInit — §5.11.
 ///
@@ -17,7 +18,7 @@ pub unsafe extern "C" fn C_SignInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -27,10 +28,14 @@ pub unsafe extern "C" fn C_SignInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.11).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Sign);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_SignInit", s.slot, m.mechanism_type())?;
@@ -52,20 +57,23 @@ pub unsafe extern "C" fn C_Sign(
     pSignature: CK_BYTE_PTR,
     pulSignatureLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_Sign",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}, pSignature={pSignature:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulDataLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.11).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pData, ulDataLen)?,
                     OutBuf::new(pSignature, pulSignatureLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.sign(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Sign, true, input.len(), &mut output, |o| {
+                s.backend.sign(s.handle, input, o)
+            })
         },
     )
 }
@@ -80,13 +88,16 @@ pub unsafe extern "C" fn C_SignUpdate(
     pPart: CK_BYTE_PTR,
     ulPartLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignUpdate",
         || format!("hSession={hSession:#x}, ulPartLen={ulPartLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulPartLen readable bytes (§5.11).
             let input = unsafe { InBuf::new(pPart, ulPartLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.update(OpKind::Sign);
+            call.bytes(input.len(), 0);
             s.backend.sign_update(s.handle, input)
         },
     )
@@ -102,15 +113,18 @@ pub unsafe extern "C" fn C_SignFinal(
     pSignature: CK_BYTE_PTR,
     pulSignatureLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignFinal",
         || format!("hSession={hSession:#x}, pSignature={pSignature:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the length is NULL or writable; the output NULL (length query) or has room
             // for its length (§5.11).
-            let output = unsafe { OutBuf::new(pSignature, pulSignatureLen) }?;
+            let mut output = unsafe { OutBuf::new(pSignature, pulSignatureLen) }?;
             let s = rt.router.session(hSession)?;
-            s.backend.sign_final(s.handle, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Sign, true, 0, &mut output, |o| {
+                s.backend.sign_final(s.handle, o)
+            })
         },
     )
 }
@@ -125,7 +139,7 @@ pub unsafe extern "C" fn C_SignRecoverInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignRecoverInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -135,10 +149,14 @@ pub unsafe extern "C" fn C_SignRecoverInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.11).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Sign);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_SignRecoverInit", s.slot, m.mechanism_type())?;
@@ -160,20 +178,23 @@ pub unsafe extern "C" fn C_SignRecover(
     pSignature: CK_BYTE_PTR,
     pulSignatureLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SignRecover",
         || format!("hSession={hSession:#x}, ulDataLen={ulDataLen}, pSignature={pSignature:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulDataLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.11).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pData, ulDataLen)?,
                     OutBuf::new(pSignature, pulSignatureLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.sign_recover(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Sign, true, input.len(), &mut output, |o| {
+                s.backend.sign_recover(s.handle, input, o)
+            })
         },
     )
 }
@@ -188,7 +209,7 @@ pub unsafe extern "C" fn C_VerifyInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -198,10 +219,14 @@ pub unsafe extern "C" fn C_VerifyInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.12).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Verify);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_VerifyInit", s.slot, m.mechanism_type())?;
@@ -223,14 +248,14 @@ pub unsafe extern "C" fn C_Verify(
     pSignature: CK_BYTE_PTR,
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_Verify",
         || {
             format!(
                 "hSession={hSession:#x}, ulDataLen={ulDataLen}, ulSignatureLen={ulSignatureLen}"
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: each input is NULL or has its length in readable bytes (§5.12).
             let (data, signature) = unsafe {
                 (
@@ -239,6 +264,9 @@ pub unsafe extern "C" fn C_Verify(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::Verify, false);
+            call.bytes(data.len(), 0);
             s.backend.verify(s.handle, data, signature)
         },
     )
@@ -254,13 +282,16 @@ pub unsafe extern "C" fn C_VerifyUpdate(
     pPart: CK_BYTE_PTR,
     ulPartLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyUpdate",
         || format!("hSession={hSession:#x}, ulPartLen={ulPartLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulPartLen readable bytes (§5.12).
             let input = unsafe { InBuf::new(pPart, ulPartLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.update(OpKind::Verify);
+            call.bytes(input.len(), 0);
             s.backend.verify_update(s.handle, input)
         },
     )
@@ -276,13 +307,16 @@ pub unsafe extern "C" fn C_VerifyFinal(
     pSignature: CK_BYTE_PTR,
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyFinal",
         || format!("hSession={hSession:#x}, ulSignatureLen={ulSignatureLen}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: each input is NULL or has its length in readable bytes (§5.12).
             let signature = unsafe { InBuf::new(pSignature, ulSignatureLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.end(OpKind::Verify, false);
+            call.bytes(0, 0);
             s.backend.verify_final(s.handle, signature)
         },
     )
@@ -298,7 +332,7 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
     pMechanism: CK_MECHANISM_PTR,
     hKey: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyRecoverInit",
         || {
             // SAFETY: pMechanism is NULL or valid for the duration of this call.
@@ -308,10 +342,14 @@ pub unsafe extern "C" fn C_VerifyRecoverInit(
                 mechanism
             )
         },
-        |rt| {
+        |rt, call| {
             // SAFETY: pMechanism is NULL or points to a CK_MECHANISM (§5.12).
             let m = unsafe { Mechanism::new(pMechanism) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
+            call.init(OpKind::Verify);
+            call.mechanism(m.mechanism_type());
+            call.key(hKey);
             s.entry
                 .policy
                 .check_mechanism("C_VerifyRecoverInit", s.slot, m.mechanism_type())?;
@@ -333,20 +371,23 @@ pub unsafe extern "C" fn C_VerifyRecover(
     pData: CK_BYTE_PTR,
     pulDataLen: CK_ULONG_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_VerifyRecover",
         || format!("hSession={hSession:#x}, ulSignatureLen={ulSignatureLen}, pData={pData:?}"),
-        |rt| {
+        |rt, call| {
             // SAFETY: the input is NULL or has ulSignatureLen readable bytes; the output length is
             // NULL or writable, the output NULL (length query) or has room for its length (§5.12).
-            let (input, output) = unsafe {
+            let (input, mut output) = unsafe {
                 (
                     InBuf::new(pSignature, ulSignatureLen)?,
                     OutBuf::new(pData, pulDataLen)?,
                 )
             };
             let s = rt.router.session(hSession)?;
-            s.backend.verify_recover(s.handle, input, output)
+            call.session(&s, hSession);
+            call.data(OpKind::Verify, true, input.len(), &mut output, |o| {
+                s.backend.verify_recover(s.handle, input, o)
+            })
         },
     )
 }

@@ -4,7 +4,7 @@ use pkcs11_sys::*;
 
 use crate::error::Error;
 use crate::ffi::args::{label32, out, InBuf, OutBuf};
-use crate::ffi::boundary::guarded;
+use crate::ffi::boundary::{audited, guarded};
 use crate::policy::mechanism_text;
 
 /// C_GetSlotList — §5.5.
@@ -59,7 +59,9 @@ pub unsafe extern "C" fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO
             // SAFETY: pInfo is NULL or points to a writable CK_TOKEN_INFO (§5.5).
             let info = unsafe { out(pInfo) }?;
             let slot = rt.router.slot(slotID, false)?;
-            slot.backend.token_info(slot.id, info)
+            slot.backend.token_info(slot.id, info)?;
+            slot.entry.learn_token_label(slotID, info);
+            Ok(())
         },
     )
 }
@@ -149,15 +151,20 @@ pub unsafe extern "C" fn C_InitToken(
     ulPinLen: CK_ULONG,
     pLabel: CK_UTF8CHAR_PTR,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_InitToken",
         || format!("slotID={slotID:#x}, pPin=<not logged>"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pPin is NULL or has ulPinLen readable bytes (§5.5).
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
             // SAFETY: pLabel is NULL or points to 32 readable bytes (§5.5).
             let label = unsafe { label32(pLabel) }?;
-            rt.router.init_token(slotID, pin, label)
+            if let Some((entry, upstream)) = rt.router.slot_ref(slotID) {
+                call.slot(slotID, upstream, entry);
+            }
+            rt.router.init_token(slotID, pin, label)?;
+            rt.audit.keys.clear();
+            Ok(())
         },
     )
 }
@@ -172,13 +179,14 @@ pub unsafe extern "C" fn C_InitPIN(
     pPin: CK_UTF8CHAR_PTR,
     ulPinLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_InitPIN",
         || format!("hSession={hSession:#x}, pPin=<not logged>"),
-        |rt| {
+        |rt, call| {
             // SAFETY: pPin is NULL or has ulPinLen readable bytes (§5.5).
             let pin = unsafe { InBuf::new(pPin, ulPinLen) }?;
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
             rt.router.check_pin_change("C_InitPIN", &s)?;
             s.entry.policy.check_writable("C_InitPIN", s.slot)?;
             s.backend.init_pin(s.handle, pin)
@@ -198,10 +206,10 @@ pub unsafe extern "C" fn C_SetPIN(
     pNewPin: CK_UTF8CHAR_PTR,
     ulNewLen: CK_ULONG,
 ) -> CK_RV {
-    guarded(
+    audited(
         "C_SetPIN",
         || format!("hSession={hSession:#x}, pOldPin=<not logged>, pNewPin=<not logged>"),
-        |rt| {
+        |rt, call| {
             // SAFETY: each PIN is NULL or has its length in readable bytes (§5.5).
             let (old, new) = unsafe {
                 (
@@ -210,6 +218,7 @@ pub unsafe extern "C" fn C_SetPIN(
                 )
             };
             let s = rt.router.session(hSession)?;
+            call.session(&s, hSession);
             rt.router.check_pin_change("C_SetPIN", &s)?;
             s.entry.policy.check_writable("C_SetPIN", s.slot)?;
             s.backend.set_pin(s.handle, old, new)

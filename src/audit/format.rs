@@ -1,0 +1,420 @@
+//! Records as text: `key=value` pairs (syslog) and JSON object members (the file sink).
+//!
+//! Both come from one walk over a record's fields ([`walk`]), so the two sinks always carry the
+//! same fields in the same order. Values that come from applications (labels) are escaped: a
+//! label cannot start a new line or a new field.
+
+use std::fmt::Write as _;
+
+use pkcs11_sys::*;
+
+use super::keys::KeyInfo;
+use super::record::{ObjectRef, Record};
+use crate::names::{attribute_name, class_name, mechanism_name, rv_name};
+
+/// Who wrote a record: constant for one process.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub host: String,
+    pub pid: u32,
+}
+
+/// Something that takes a record's fields in order.
+pub trait Fields {
+    fn text(&mut self, key: &str, value: &str);
+    fn number(&mut self, key: &str, value: u64);
+}
+
+/// Feeds `r`'s fields, with its origin and record number, to `out`.
+pub fn walk(r: &Record, origin: &Origin, rec: u64, out: &mut dyn Fields) {
+    let mut buf = String::new();
+    out.text("event", r.event.name());
+    out.text("time", &rfc3339(r.time_us));
+    out.text("host", &origin.host);
+    out.number("pid", u64::from(origin.pid));
+    out.number("rec", rec);
+    out.text("app", &r.app);
+    if let Some(f) = r.function {
+        out.text("fn", f);
+    }
+    if let Some(rv) = r.rv {
+        out.text("rv", rv_text(rv, &mut buf));
+    }
+    if let Some(us) = r.duration_us {
+        out.number("us", us);
+    }
+    if let Some(s) = &r.slot {
+        out.number("slot", s.id);
+        out.text("upstream", s.upstream);
+        if let Some(label) = s.entry.token_label(s.id) {
+            out.text("token", &label);
+        }
+    } else if let Some(u) = &r.upstream {
+        out.text("upstream", u);
+    }
+    if let Some(s) = r.session {
+        out.number("session", s);
+    }
+    if let Some(u) = r.user {
+        out.text(
+            "user",
+            match u {
+                CKU_SO => "CKU_SO",
+                CKU_USER => "CKU_USER",
+                CKU_CONTEXT_SPECIFIC => "CKU_CONTEXT_SPECIFIC",
+                other => number_text(other, &mut buf),
+            },
+        );
+    }
+    if let Some(m) = r.mechanism {
+        match mechanism_name(m) {
+            Some(n) => out.text("mech", n),
+            None => out.text("mech", hex_number(m, &mut buf)),
+        }
+    }
+    if let Some(k) = &r.key {
+        object(out, r, "key", k, &mut buf);
+    }
+    if let Some(o) = &r.object {
+        object(out, r, "object", o, &mut buf);
+    }
+    if let Some(p) = r.public {
+        out.number("public", p);
+    }
+    for (k, v) in [("in", r.bytes_in), ("out", r.bytes_out), ("parts", r.parts)] {
+        if let Some(v) = v {
+            out.number(k, v);
+        }
+    }
+    if let Some(attrs) = &r.attrs {
+        buf.clear();
+        for (i, a) in attrs.iter().enumerate() {
+            if i > 0 {
+                buf.push(',');
+            }
+            match attribute_name(*a) {
+                Some(n) => buf.push_str(n),
+                None => {
+                    let _ = write!(buf, "{a:#x}");
+                }
+            }
+        }
+        out.text("attrs", &buf);
+    }
+    if let Some(rw) = r.rw {
+        out.text("rw", if rw { "true" } else { "false" });
+    }
+    if let Some(rule) = &r.refused {
+        out.text("refused", rule);
+    }
+    if let Some(e) = r.ended {
+        out.text("ended", e);
+    }
+    if let Some(c) = r.count {
+        out.number("count", c);
+    }
+    if let Some(s) = r.sink {
+        out.text("sink", s);
+    }
+    if let Some(s) = r.since_us {
+        out.text("since", &rfc3339(s));
+    }
+    if let Some(d) = r.delayed {
+        out.number("delayed", d);
+    }
+    if let Some(d) = r.denied {
+        out.number("denied", d);
+    }
+    if let Some(p) = &r.path {
+        out.text("path", p);
+    }
+    if let Some(m) = &r.msg {
+        out.text("msg", m);
+    }
+}
+
+fn object(out: &mut dyn Fields, r: &Record, prefix: &str, o: &ObjectRef, buf: &mut String) {
+    // Handle 0 (CK_INVALID_HANDLE) stands for "no object yet": what a search looks for.
+    if o.handle != CK_INVALID_HANDLE {
+        out.number(prefix, o.handle);
+    }
+    let cached;
+    let info: Option<&KeyInfo> = match &o.info {
+        Some(i) => Some(i),
+        None => {
+            cached = r
+                .keys
+                .and_then(|(cache, backend)| cache.get(backend, o.handle));
+            cached.as_deref()
+        }
+    };
+    let Some(info) = info else { return };
+    let field = |suffix: &str| format!("{prefix}_{suffix}");
+    if let Some(l) = &info.label {
+        out.text(&field("label"), l);
+    }
+    if let Some(id) = &info.id {
+        buf.clear();
+        for b in id.iter() {
+            let _ = write!(buf, "{b:02x}");
+        }
+        out.text(&field("id"), buf);
+    }
+    if let Some(c) = info.class {
+        match class_name(c) {
+            Some(n) => out.text(&field("class"), n),
+            None => out.text(&field("class"), hex_number(c, buf)),
+        }
+    }
+}
+
+fn rv_text(rv: CK_RV, buf: &mut String) -> &str {
+    match rv_name(rv) {
+        "CKR_VENDOR_DEFINED" | "CKR_UNKNOWN" => hex_number(rv, buf),
+        name => name,
+    }
+}
+
+fn hex_number(v: u64, buf: &mut String) -> &str {
+    buf.clear();
+    let _ = write!(buf, "{v:#x}");
+    buf
+}
+
+fn number_text(v: u64, buf: &mut String) -> &str {
+    buf.clear();
+    let _ = write!(buf, "{v}");
+    buf
+}
+
+/// `key=value` pairs separated by spaces, for syslog.
+#[derive(Debug, Default)]
+pub struct KeyValue(pub String);
+
+impl Fields for KeyValue {
+    fn text(&mut self, key: &str, value: &str) {
+        self.start(key);
+        let plain = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| !c.is_control() && !matches!(c, ' ' | '"' | '=' | '\\'));
+        if plain {
+            self.0.push_str(value);
+            return;
+        }
+        self.0.push('"');
+        for c in value.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut bytes = [0u8; 4];
+                    for b in c.encode_utf8(&mut bytes).bytes() {
+                        let _ = write!(self.0, "\\x{b:02x}");
+                    }
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    fn number(&mut self, key: &str, value: u64) {
+        self.start(key);
+        let _ = write!(self.0, "{value}");
+    }
+}
+
+impl KeyValue {
+    fn start(&mut self, key: &str) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        self.0.push_str(key);
+        self.0.push('=');
+    }
+}
+
+/// JSON object members (`"key":value,...`), without the braces.
+#[derive(Debug, Default)]
+pub struct JsonMembers(pub String);
+
+impl Fields for JsonMembers {
+    fn text(&mut self, key: &str, value: &str) {
+        self.start(key);
+        json_string(&mut self.0, value);
+    }
+
+    fn number(&mut self, key: &str, value: u64) {
+        self.start(key);
+        let _ = write!(self.0, "{value}");
+    }
+}
+
+impl JsonMembers {
+    fn start(&mut self, key: &str) {
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        json_string(&mut self.0, key);
+        self.0.push(':');
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// RFC 3339 in UTC with microseconds: `2026-11-28T23:06:01.123456Z`.
+pub fn rfc3339(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        micros % 1_000_000
+    )
+}
+
+/// The traditional syslog timestamp (`Nov 28 23:06:01`, UTC).
+pub fn rfc3164_time(micros: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = micros / 1_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (_, m, d) = civil_from_days(days as i64);
+    format!(
+        "{} {d:2} {:02}:{:02}:{:02}",
+        MONTHS[(m - 1) as usize],
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::Event;
+    use std::sync::Arc;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-28T23:06:01.123456Z
+        assert_eq!(
+            rfc3339(1_795_907_161_123_456),
+            "2026-11-28T23:06:01.123456Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(rfc3164_time(1_795_907_161_123_456), "Nov 28 23:06:01");
+        assert_eq!(rfc3164_time(1_767_225_600_000_000), "Jan  1 00:00:00");
+    }
+
+    fn sample() -> Record {
+        Record {
+            event: Event::Call,
+            time_us: 1_795_907_161_123_456,
+            app: "vault-1".into(),
+            function: Some("C_Encrypt"),
+            rv: Some(CKR_OK),
+            duration_us: Some(41),
+            session: Some(262_145),
+            mechanism: Some(CKM_AES_GCM),
+            key: Some(ObjectRef {
+                handle: 2,
+                info: Some(Arc::new(KeyInfo {
+                    label: Some("my \"key\"\n fn=C_Login".into()),
+                    id: Some(vec![0x31, 0x32].into_boxed_slice()),
+                    class: Some(CKO_SECRET_KEY),
+                })),
+            }),
+            bytes_in: Some(32),
+            bytes_out: Some(48),
+            parts: Some(1),
+            ..Record::default()
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            host: "vault1".into(),
+            pid: 4242,
+        }
+    }
+
+    #[test]
+    fn key_value_text_escapes_what_applications_choose() {
+        let mut kv = KeyValue::default();
+        walk(&sample(), &origin(), 17, &mut kv);
+        assert_eq!(
+            kv.0,
+            "event=call time=2026-11-28T23:06:01.123456Z host=vault1 pid=4242 rec=17 \
+             app=vault-1 fn=C_Encrypt rv=CKR_OK us=41 session=262145 mech=CKM_AES_GCM key=2 \
+             key_label=\"my \\\"key\\\"\\x0a fn=C_Login\" key_id=3132 \
+             key_class=CKO_SECRET_KEY in=32 out=48 parts=1"
+        );
+    }
+
+    #[test]
+    fn json_members_parse_back() {
+        let mut j = JsonMembers::default();
+        walk(&sample(), &origin(), 17, &mut j);
+        let v: serde_json::Value = serde_json::from_str(&format!("{{{}}}", j.0)).unwrap();
+        assert_eq!(v["key_label"], "my \"key\"\n fn=C_Login");
+        assert_eq!(v["rec"], 17);
+        assert_eq!(v["out"], 48);
+        assert_eq!(v["rv"], "CKR_OK");
+        assert!(j.0.starts_with("\"event\":\"call\",\"time\":"));
+    }
+
+    #[test]
+    fn unnamed_values_are_hex() {
+        let r = Record {
+            rv: Some(0x8000_0001),
+            mechanism: Some(0x8000_1234),
+            ..Record::default()
+        };
+        let mut kv = KeyValue::default();
+        walk(&r, &origin(), 1, &mut kv);
+        assert!(
+            kv.0.ends_with("app=\"\" rv=0x80000001 mech=0x80001234"),
+            "{}",
+            kv.0
+        );
+    }
+}

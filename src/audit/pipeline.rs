@@ -1,0 +1,569 @@
+//! From calls to sinks: a bounded lock-free queue and one writer thread per process.
+//!
+//! Calls push typed records onto the queue (no lock, no allocation, no system call while the
+//! writer is awake) and return; the writer formats them, keeps per-sink backlogs while a sink is
+//! down, retries it, and reports outages and drops as records of their own. The queue is never
+//! shared with a forked child: a child's `C_Initialize` takes a fresh pipeline, since a thread of
+//! the parent may have been half-way through a push when `fork()` copied the memory.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use once_cell::sync::OnceCell;
+use parking_lot::{Mutex, RwLock};
+
+use super::chain::AuditKey;
+use super::file::FileSink;
+use super::format::{walk, JsonMembers, KeyValue, Origin};
+use super::record::{now_us, Event, Record};
+use super::syslog::SyslogSink;
+use crate::config::{AuditConfig, OnFailure, OnOverflow};
+
+/// How many pipelines one process (one fork generation, with changing queue sizes) may use.
+const MAX_PIPELINES: usize = 64;
+/// How long `C_Finalize` and process exit wait for queued records to be written.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const BUSY_POLL: Duration = Duration::from_millis(2);
+const IDLE_POLLS: u32 = 25;
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+const BATCH: usize = 512;
+
+static PIPELINES: [OnceCell<Pipeline>; MAX_PIPELINES] = [const { OnceCell::new() }; MAX_PIPELINES];
+static USED: AtomicUsize = AtomicUsize::new(0);
+/// The current pipeline's index + 1 (0: none).
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+
+/// One process's queue and writer.
+#[derive(Debug)]
+pub struct Pipeline {
+    pid: u32,
+    queue: ArrayQueue<Record>,
+    /// Set while the writer waits without polling: then a push wakes it.
+    sleeping: AtomicBool,
+    thread: RwLock<Option<Thread>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    /// Without a writer thread (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`): the sinks, written on
+    /// the calling thread.
+    inline: Mutex<Option<Writer>>,
+    stop: AtomicBool,
+    /// Every sink is writable (as far as the writer knows).
+    healthy: AtomicBool,
+    drop_when_full: AtomicBool,
+    deny_when_down: AtomicBool,
+    dropped: AtomicU64,
+    denied: AtomicU64,
+    /// Records this process numbered so far (`rec`), kept across writer restarts.
+    numbered: AtomicU64,
+}
+
+/// The current pipeline, if audit is running.
+#[inline]
+pub fn current() -> Option<&'static Pipeline> {
+    PIPELINES
+        .get(CURRENT.load(Acquire).wrapping_sub(1))
+        .and_then(OnceCell::get)
+}
+
+/// A pipeline for this process with room for `capacity` records: the current one if it fits,
+/// else a new one.
+fn pipeline_for(capacity: usize) -> Option<&'static Pipeline> {
+    let pid = std::process::id();
+    if let Some(p) = current() {
+        if p.pid == pid && p.queue.capacity() == capacity {
+            return Some(p);
+        }
+    }
+    let index = USED.fetch_add(1, AcqRel);
+    let cell = PIPELINES.get(index)?;
+    let p = cell.get_or_init(|| Pipeline {
+        pid,
+        queue: ArrayQueue::new(capacity),
+        sleeping: AtomicBool::new(false),
+        thread: RwLock::new(None),
+        handle: Mutex::new(None),
+        inline: Mutex::new(None),
+        stop: AtomicBool::new(false),
+        healthy: AtomicBool::new(true),
+        drop_when_full: AtomicBool::new(false),
+        deny_when_down: AtomicBool::new(false),
+        dropped: AtomicU64::new(0),
+        denied: AtomicU64::new(0),
+        numbered: AtomicU64::new(0),
+    });
+    CURRENT.store(index + 1, Release);
+    Some(p)
+}
+
+/// Starts auditing as `config` says (`C_Initialize`). The sinks are opened here, so a sink
+/// that is unusable from the start makes `on_failure = "deny"` refuse the very first call.
+pub fn start(config: &AuditConfig, app: &'static str, threads_allowed: bool) -> Result<(), String> {
+    stop();
+    if !config.enabled {
+        CURRENT.store(0, Release);
+        return Ok(());
+    }
+    let mut writer = Writer::from_config(config, app)?;
+    let p = pipeline_for(*config.queue.get_ref())
+        .ok_or_else(|| "too many audit pipelines in one process".to_string())?;
+    p.drop_when_full
+        .store(config.on_overflow == OnOverflow::Drop, Relaxed);
+    p.deny_when_down
+        .store(config.on_failure == OnFailure::Deny, Relaxed);
+    p.stop.store(false, Relaxed);
+    writer.open_all(p);
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        if !crate::ffi::os::at_exit(flush_at_exit) {
+            log::warn!("audit: atexit failed; records queued at exit may be lost");
+        }
+    });
+    if !threads_allowed {
+        *p.inline.lock() = Some(writer);
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
+        .name("p11gate-audit".into())
+        .spawn(move || writer.run(p));
+    match spawned {
+        Ok(handle) => {
+            *p.thread.write() = Some(handle.thread().clone());
+            *p.handle.lock() = Some(handle);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot start the audit writer thread: {e}")),
+    }
+}
+
+/// Writes what is queued (for up to [`DRAIN_TIMEOUT`]) and stops the writer (`C_Finalize`,
+/// process exit). Records of calls still running on other threads are written inline.
+pub fn stop() {
+    let Some(p) = current() else { return };
+    if p.pid != std::process::id() {
+        return;
+    }
+    p.stop.store(true, Release);
+    p.wake();
+    let handle = p.handle.lock().take();
+    if let Some(h) = handle {
+        let _ = h.join();
+    }
+    *p.thread.write() = None;
+    if let Some(mut w) = p.inline.lock().take() {
+        w.drain(p, Instant::now() + DRAIN_TIMEOUT);
+    }
+}
+
+/// Writes what is queued when the process exits without `C_Finalize`.
+extern "C" fn flush_at_exit() {
+    let _ = std::panic::catch_unwind(stop);
+}
+
+impl Pipeline {
+    /// Whether an audited call may proceed: `false` while a sink is down under
+    /// `on_failure = "deny"` (the refusal is counted).
+    #[inline]
+    pub fn admits(&self) -> bool {
+        if self.healthy.load(Relaxed) || !self.deny_when_down.load(Relaxed) {
+            return true;
+        }
+        self.denied.fetch_add(1, Relaxed);
+        false
+    }
+
+    /// Queues a record for the writer.
+    #[inline]
+    pub fn submit(&self, record: Record) {
+        match self.queue.push(record) {
+            Ok(()) => {
+                if self.sleeping.load(Acquire) {
+                    self.wake();
+                }
+            }
+            Err(record) => self.full(record),
+        }
+        if self.inline_mode() {
+            if let Some(w) = self.inline.lock().as_mut() {
+                w.pump(self);
+            }
+        }
+    }
+
+    #[inline]
+    fn inline_mode(&self) -> bool {
+        self.thread.read().is_none() && !self.stop.load(Relaxed)
+    }
+
+    /// The queue is full: wait for room, or drop and count.
+    #[cold]
+    fn full(&self, mut record: Record) {
+        loop {
+            let down = !self.healthy.load(Relaxed);
+            // Waiting on a sink that is down would stall the application indefinitely: with
+            // on_failure = "continue" the record is dropped (and counted) instead.
+            if self.drop_when_full.load(Relaxed) || down || self.stop.load(Relaxed) {
+                self.dropped.fetch_add(1, Relaxed);
+                return;
+            }
+            self.wake();
+            if self.inline_mode() {
+                if let Some(w) = self.inline.lock().as_mut() {
+                    w.pump(self);
+                }
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            match self.queue.push(record) {
+                Ok(()) => return,
+                Err(r) => record = r,
+            }
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.thread.read().as_ref() {
+            t.unpark();
+        }
+    }
+}
+
+/// A sink's backlog and retry state.
+#[derive(Debug)]
+struct Lane<S, M> {
+    sink: S,
+    backlog: VecDeque<M>,
+    /// When it failed and why, while it is down.
+    down: Option<(u64, String)>,
+    retry_at: Instant,
+    retry_wait: Duration,
+}
+
+impl<S, M> Lane<S, M> {
+    fn new(sink: S) -> Self {
+        Lane {
+            sink,
+            backlog: VecDeque::new(),
+            down: None,
+            retry_at: Instant::now(),
+            retry_wait: RETRY_MIN,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.down.is_none() || Instant::now() >= self.retry_at
+    }
+
+    /// Notes a failure; returns whether it starts an outage.
+    fn failed(&mut self, e: &io::Error) -> bool {
+        let starts = self.down.is_none();
+        if starts {
+            self.down = Some((now_us(), e.to_string()));
+            self.retry_wait = RETRY_MIN;
+        } else {
+            self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+        }
+        self.retry_at = Instant::now() + self.retry_wait;
+        starts
+    }
+}
+
+/// The writer's side: sinks, their backlogs, and record numbering.
+#[derive(Debug)]
+pub struct Writer {
+    /// The app named in the writer's own records (drops, outages).
+    app: &'static str,
+    origin: Origin,
+    syslog: Option<Lane<SyslogSink, (u8, u64, String)>>,
+    file: Option<Lane<FileSink, String>>,
+    /// Backlog length at which the writer stops taking records from the queue.
+    cap: usize,
+}
+
+impl Writer {
+    fn from_config(c: &AuditConfig, app: &'static str) -> Result<Writer, String> {
+        let file = match &c.file {
+            Some(path) => {
+                let key_path = c
+                    .key_file
+                    .as_ref()
+                    .ok_or("the audit file needs a key_file")?;
+                let key = AuditKey::load(key_path)?;
+                Some(Lane::new(FileSink::new(
+                    path.get_ref().clone(),
+                    key,
+                    c.fsync,
+                )))
+            }
+            None => None,
+        };
+        Ok(Writer {
+            app,
+            origin: Origin {
+                host: hostname(),
+                pid: std::process::id(),
+            },
+            syslog: c.syslog.then(|| {
+                Lane::new(SyslogSink::new(
+                    c.syslog_socket.clone(),
+                    c.syslog_facility.code(),
+                    c.syslog_format,
+                ))
+            }),
+            file,
+            cap: *c.queue.get_ref(),
+        })
+    }
+
+    /// Opens every sink, so that health is known before the first call.
+    fn open_all(&mut self, p: &Pipeline) {
+        if let Some(l) = &mut self.syslog {
+            if let Err(e) = l.sink.open() {
+                if l.failed(&e) {
+                    log::warn!(
+                        "audit: syslog socket {}: {e}; records are kept and retried",
+                        l.sink.path().display()
+                    );
+                }
+            }
+        }
+        if let Some(l) = &mut self.file {
+            if let Err(e) = l.sink.open() {
+                if l.failed(&e) {
+                    log::warn!(
+                        "audit: file {}: {e}; records are kept and retried",
+                        l.sink.path().display()
+                    );
+                }
+            }
+        }
+        self.update_health(p);
+    }
+
+    fn update_health(&self, p: &Pipeline) {
+        let down = self.syslog.as_ref().is_some_and(|l| l.down.is_some())
+            || self.file.as_ref().is_some_and(|l| l.down.is_some());
+        p.healthy.store(!down, Release);
+    }
+
+    fn run(mut self, p: &'static Pipeline) {
+        let mut idle = 0u32;
+        loop {
+            let worked = self.pump(p);
+            if p.stop.load(Acquire) {
+                self.drain(p, Instant::now() + DRAIN_TIMEOUT);
+                return;
+            }
+            if worked {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < IDLE_POLLS || self.is_down() {
+                // Busy, or retrying a sink: poll without making callers wake us.
+                std::thread::park_timeout(if self.is_down() { RETRY_MIN } else { BUSY_POLL });
+                continue;
+            }
+            p.sleeping.store(true, SeqCst);
+            if p.queue.is_empty() && !p.stop.load(SeqCst) {
+                std::thread::park_timeout(IDLE_WAIT);
+            }
+            p.sleeping.store(false, SeqCst);
+            if let Some(l) = &mut self.syslog {
+                l.sink.trim();
+            }
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.syslog.as_ref().is_some_and(|l| l.down.is_some())
+            || self.file.as_ref().is_some_and(|l| l.down.is_some())
+    }
+
+    /// Writes until the queue and backlogs are empty or `deadline` passes; says what was lost.
+    fn drain(&mut self, p: &Pipeline, deadline: Instant) {
+        while Instant::now() < deadline {
+            self.pump(p);
+            if p.queue.is_empty() && self.backlog() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let lost = p.queue.len() + self.backlog();
+        if lost > 0 {
+            log::error!(
+                "audit: {lost} record(s) could not be written within {} s and are lost",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.syslog.as_ref().map_or(0, |l| l.backlog.len())
+            + self.file.as_ref().map_or(0, |l| l.backlog.len())
+    }
+
+    /// Takes records from the queue into the backlogs and writes them; returns whether there
+    /// was anything to do.
+    fn pump(&mut self, p: &Pipeline) -> bool {
+        let mut taken = 0;
+        while taken < BATCH && self.backlog_room() {
+            let Some(r) = p.queue.pop() else { break };
+            self.accept(p, &r);
+            taken += 1;
+        }
+        let dropped = p.dropped.load(Relaxed);
+        if dropped > 0 && !self.is_down() {
+            let n = p.dropped.swap(0, Relaxed);
+            let mut r = Record::note(Event::Dropped, self.app.into());
+            r.count = Some(n);
+            self.accept(p, &r);
+            log::warn!("audit: {n} record(s) dropped (queue full)");
+        }
+        let pending = self.backlog();
+        self.flush(p);
+        taken > 0 || pending > 0
+    }
+
+    fn backlog_room(&self) -> bool {
+        self.syslog
+            .as_ref()
+            .is_none_or(|l| l.backlog.len() < self.cap)
+            && self
+                .file
+                .as_ref()
+                .is_none_or(|l| l.backlog.len() < self.cap)
+    }
+
+    /// Numbers a record and formats it for each sink.
+    fn accept(&mut self, p: &Pipeline, r: &Record) {
+        let rec = p.numbered.fetch_add(1, Relaxed) + 1;
+        if let Some(l) = &mut self.syslog {
+            let mut kv = KeyValue::default();
+            walk(r, &self.origin, rec, &mut kv);
+            l.backlog.push_back((r.severity(), r.time_us, kv.0));
+        }
+        if let Some(l) = &mut self.file {
+            let mut j = JsonMembers::default();
+            walk(r, &self.origin, rec, &mut j);
+            l.backlog.push_back(j.0);
+        }
+    }
+
+    fn flush(&mut self, p: &Pipeline) {
+        let mut recovered: Vec<Record> = Vec::new();
+        if let Some(l) = &mut self.syslog {
+            if l.due() && !l.backlog.is_empty() {
+                let delayed = l.backlog.len() as u64;
+                let mut failure = None;
+                while let Some((severity, time, text)) = l.backlog.front() {
+                    let d = l.sink.datagram(*severity, *time, &self.origin, text);
+                    match l.sink.send(&d) {
+                        Ok(()) => {
+                            l.backlog.pop_front();
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            break
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                l.sink.trim();
+                match failure {
+                    Some(e) => {
+                        if l.failed(&e) {
+                            log::warn!(
+                                "audit: syslog socket {}: {e}; records are kept and retried",
+                                l.sink.path().display()
+                            );
+                        }
+                    }
+                    None => {
+                        if let Some(outage) = l.down.take() {
+                            recovered.push(outage_record(
+                                self.app,
+                                "syslog",
+                                outage,
+                                delayed,
+                                p.denied.swap(0, Relaxed),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(l) = &mut self.file {
+            if l.due() && !l.backlog.is_empty() {
+                let batch: Vec<String> = l.backlog.iter().cloned().collect();
+                match l.sink.write(&batch, &self.origin) {
+                    Ok(()) => {
+                        l.backlog.clear();
+                        if let Some(outage) = l.down.take() {
+                            recovered.push(outage_record(
+                                self.app,
+                                "file",
+                                outage,
+                                batch.len() as u64,
+                                p.denied.swap(0, Relaxed),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        if l.failed(&e) {
+                            log::warn!(
+                                "audit: file {}: {e}; records are kept and retried",
+                                l.sink.path().display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.update_health(p);
+        for r in recovered {
+            log::info!(
+                "audit: {} sink is back after an outage; {} record(s) delayed",
+                r.sink.unwrap_or(""),
+                r.delayed.unwrap_or(0)
+            );
+            self.accept(p, &r);
+        }
+    }
+}
+
+fn outage_record(
+    app: &'static str,
+    sink: &'static str,
+    (since, why): (u64, String),
+    delayed: u64,
+    denied: u64,
+) -> Record {
+    let mut r = Record::note(Event::Outage, app.into());
+    r.sink = Some(sink);
+    r.since_us = Some(since);
+    r.delayed = Some(delayed);
+    r.denied = Some(denied);
+    r.msg = Some(why.into_boxed_str());
+    r
+}
+
+/// This host's name, for records (`-` when it has none).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
