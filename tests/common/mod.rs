@@ -1,5 +1,6 @@
 //! Shared fixtures for the black-box tests: where the built `libp11gate.so` is, real SoftHSMv2
-//! tokens in a temporary directory, and serialisation of in-process module use.
+//! tokens in a temporary directory, serialisation of in-process module use, and a private
+//! rsyslogd for the audit tests ([`rsyslog`]).
 //!
 //! Every test loads the built cdylib (never the rlib), exactly as a client would.
 #![allow(dead_code)]
