@@ -33,6 +33,9 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
+/// Records a sink that is down may fall behind by before the queue backs up: enough for a
+/// syslog daemon's restart under full load.
+const BACKLOG_MIN: usize = 65536;
 
 static PIPELINES: [OnceCell<Pipeline>; MAX_PIPELINES] = [const { OnceCell::new() }; MAX_PIPELINES];
 static USED: AtomicUsize = AtomicUsize::new(0);
@@ -103,12 +106,23 @@ fn pipeline_for(capacity: usize) -> Option<&'static Pipeline> {
 /// Starts auditing as `config` says (`C_Initialize`). The sinks are opened here, so a sink
 /// that is unusable from the start makes `on_failure = "deny"` refuse the very first call.
 pub fn start(config: &AuditConfig, app: &'static str, threads_allowed: bool) -> Result<(), String> {
+    start_with(config, app, threads_allowed, false)
+}
+
+/// [`start`], optionally without diagnostics of the audit trail's own.
+pub fn start_with(
+    config: &AuditConfig,
+    app: &'static str,
+    threads_allowed: bool,
+    quiet: bool,
+) -> Result<(), String> {
     stop();
     if !config.enabled {
         CURRENT.store(0, Release);
         return Ok(());
     }
     let mut writer = Writer::from_config(config, app)?;
+    writer.quiet = quiet;
     let p = pipeline_for(*config.queue.get_ref())
         .ok_or_else(|| "too many audit pipelines in one process".to_string())?;
     p.drop_when_full
@@ -275,6 +289,9 @@ impl<S, M> Lane<S, M> {
 /// The writer's side: sinks, their backlogs, and record numbering.
 #[derive(Debug)]
 pub struct Writer {
+    /// Say nothing in the diagnostic log (the one-record pipeline of a configuration error,
+    /// whose only news is already logged).
+    quiet: bool,
     /// The app named in the writer's own records (drops, outages).
     app: &'static str,
     origin: Origin,
@@ -302,6 +319,7 @@ impl Writer {
             None => None,
         };
         Ok(Writer {
+            quiet: false,
             app,
             origin: Origin {
                 host: hostname(),
@@ -315,7 +333,7 @@ impl Writer {
                 ))
             }),
             file,
-            cap: *c.queue.get_ref(),
+            cap: (*c.queue.get_ref()).max(BACKLOG_MIN),
         })
     }
 
@@ -324,20 +342,24 @@ impl Writer {
         if let Some(l) = &mut self.syslog {
             if let Err(e) = l.sink.open() {
                 if l.failed(&e) {
-                    log::warn!(
-                        "audit: syslog socket {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
+                    if !self.quiet {
+                        log::warn!(
+                            "audit: syslog socket {}: {e}; records are kept and retried",
+                            l.sink.path().display()
+                        );
+                    }
                 }
             }
         }
         if let Some(l) = &mut self.file {
             if let Err(e) = l.sink.open() {
                 if l.failed(&e) {
-                    log::warn!(
-                        "audit: file {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
+                    if !self.quiet {
+                        log::warn!(
+                            "audit: file {}: {e}; records are kept and retried",
+                            l.sink.path().display()
+                        );
+                    }
                 }
             }
         }
@@ -385,20 +407,33 @@ impl Writer {
     }
 
     /// Writes until the queue and backlogs are empty or `deadline` passes; says what was lost.
+    /// A sink that is down gets one more try, not the whole wait: waiting only helps a sink
+    /// that is working through a backlog.
     fn drain(&mut self, p: &Pipeline, deadline: Instant) {
+        for lane_retry in [
+            self.syslog.as_mut().map(|l| &mut l.retry_at),
+            self.file.as_mut().map(|l| &mut l.retry_at),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *lane_retry = Instant::now();
+        }
         while Instant::now() < deadline {
             self.pump(p);
-            if p.queue.is_empty() && self.backlog() == 0 {
-                return;
+            if (p.queue.is_empty() && self.backlog() == 0) || self.is_down() {
+                break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         let lost = p.queue.len() + self.backlog();
         if lost > 0 {
-            log::error!(
-                "audit: {lost} record(s) could not be written within {} s and are lost",
-                DRAIN_TIMEOUT.as_secs()
-            );
+            if !self.quiet {
+                log::error!(
+                    "audit: {lost} record(s) could not be written before the audit trail was \
+                 stopped, and are lost"
+                );
+            }
         }
     }
 
@@ -422,7 +457,9 @@ impl Writer {
             let mut r = Record::note(Event::Dropped, self.app.into());
             r.count = Some(n);
             self.accept(p, &r);
-            log::warn!("audit: {n} record(s) dropped (queue full)");
+            if !self.quiet {
+                log::warn!("audit: {n} record(s) dropped (queue full)");
+            }
         }
         let pending = self.backlog();
         self.flush(p);
@@ -484,10 +521,12 @@ impl Writer {
                 match failure {
                     Some(e) => {
                         if l.failed(&e) {
-                            log::warn!(
-                                "audit: syslog socket {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
+                            if !self.quiet {
+                                log::warn!(
+                                    "audit: syslog socket {}: {e}; records are kept and retried",
+                                    l.sink.path().display()
+                                );
+                            }
                         }
                     }
                     None => {
@@ -522,10 +561,12 @@ impl Writer {
                     }
                     Err(e) => {
                         if l.failed(&e) {
-                            log::warn!(
-                                "audit: file {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
+                            if !self.quiet {
+                                log::warn!(
+                                    "audit: file {}: {e}; records are kept and retried",
+                                    l.sink.path().display()
+                                );
+                            }
                         }
                     }
                 }
@@ -533,11 +574,13 @@ impl Writer {
         }
         self.update_health(p);
         for r in recovered {
-            log::info!(
-                "audit: {} sink is back after an outage; {} record(s) delayed",
-                r.sink.unwrap_or(""),
-                r.delayed.unwrap_or(0)
-            );
+            if !self.quiet {
+                log::info!(
+                    "audit: {} sink is back after an outage; {} record(s) delayed",
+                    r.sink.unwrap_or(""),
+                    r.delayed.unwrap_or(0)
+                );
+            }
             self.accept(p, &r);
         }
     }
