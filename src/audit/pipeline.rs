@@ -54,6 +54,8 @@ pub struct Pipeline {
     /// Without a writer thread (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`): the sinks, written on
     /// the calling thread.
     inline: Mutex<Option<Writer>>,
+    /// Whether `inline` is in use (read on every push, so not behind the mutex).
+    writes_inline: AtomicBool,
     stop: AtomicBool,
     /// Every sink is writable (as far as the writer knows).
     healthy: AtomicBool,
@@ -91,6 +93,7 @@ fn pipeline_for(capacity: usize) -> Option<&'static Pipeline> {
         thread: RwLock::new(None),
         handle: Mutex::new(None),
         inline: Mutex::new(None),
+        writes_inline: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         healthy: AtomicBool::new(true),
         drop_when_full: AtomicBool::new(false),
@@ -137,6 +140,7 @@ pub fn start_with(
             log::warn!("audit: atexit failed; records queued at exit may be lost");
         }
     });
+    p.writes_inline.store(!threads_allowed, Relaxed);
     if !threads_allowed {
         *p.inline.lock() = Some(writer);
         return Ok(());
@@ -210,7 +214,7 @@ impl Pipeline {
 
     #[inline]
     fn inline_mode(&self) -> bool {
-        self.thread.read().is_none() && !self.stop.load(Relaxed)
+        self.writes_inline.load(Relaxed) && !self.stop.load(Relaxed)
     }
 
     /// The queue is full: wait for room, or drop and count.
@@ -341,26 +345,24 @@ impl Writer {
     fn open_all(&mut self, p: &Pipeline) {
         if let Some(l) = &mut self.syslog {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e) {
-                    if !self.quiet {
+                if l.failed(&e)
+                    && !self.quiet {
                         log::warn!(
                             "audit: syslog socket {}: {e}; records are kept and retried",
                             l.sink.path().display()
                         );
                     }
-                }
             }
         }
         if let Some(l) = &mut self.file {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e) {
-                    if !self.quiet {
+                if l.failed(&e)
+                    && !self.quiet {
                         log::warn!(
                             "audit: file {}: {e}; records are kept and retried",
                             l.sink.path().display()
                         );
                     }
-                }
             }
         }
         self.update_health(p);
@@ -427,14 +429,13 @@ impl Writer {
             std::thread::sleep(Duration::from_millis(5));
         }
         let lost = p.queue.len() + self.backlog();
-        if lost > 0 {
-            if !self.quiet {
+        if lost > 0
+            && !self.quiet {
                 log::error!(
                     "audit: {lost} record(s) could not be written before the audit trail was \
                  stopped, and are lost"
                 );
             }
-        }
     }
 
     fn backlog(&self) -> usize {
@@ -520,14 +521,13 @@ impl Writer {
                 l.sink.trim();
                 match failure {
                     Some(e) => {
-                        if l.failed(&e) {
-                            if !self.quiet {
+                        if l.failed(&e)
+                            && !self.quiet {
                                 log::warn!(
                                     "audit: syslog socket {}: {e}; records are kept and retried",
                                     l.sink.path().display()
                                 );
                             }
-                        }
                     }
                     None => {
                         if let Some(outage) = l.down.take() {
@@ -560,14 +560,13 @@ impl Writer {
                         }
                     }
                     Err(e) => {
-                        if l.failed(&e) {
-                            if !self.quiet {
+                        if l.failed(&e)
+                            && !self.quiet {
                                 log::warn!(
                                     "audit: file {}: {e}; records are kept and retried",
                                     l.sink.path().display()
                                 );
                             }
-                        }
                     }
                 }
             }
