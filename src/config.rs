@@ -116,7 +116,7 @@ impl Default for AuditConfig {
             file: None,
             key_file: None,
             fsync: true,
-            queue: Spanned::new(0..0, 16384),
+            queue: Spanned::new(0..0, 4096),
             on_overflow: OnOverflow::Wait,
             on_failure: OnFailure::Continue,
         }

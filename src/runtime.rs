@@ -339,7 +339,7 @@ fn audit_config_error(getenv: impl Fn(&str) -> Option<String>, msg: &str) {
         settings.key_file = Some(std::path::PathBuf::from(key));
     }
     let app = getenv(crate::config::env::APP).unwrap_or_default();
-    if pipeline::start(&settings, "", false).is_err() {
+    if pipeline::start_with(&settings, "", false, true).is_err() {
         return;
     }
     let mut r = Record::note(Event::ConfigError, app.into());

@@ -83,7 +83,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.is_empty() {
+    if !text.len().is_multiple_of(2) || text.is_empty() {
         return None;
     }
     text.chunks(2)

@@ -33,6 +33,9 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
+/// Records a sink that is down may fall behind by before the queue backs up: enough for a
+/// syslog daemon's restart under full load.
+const BACKLOG_MIN: usize = 65536;
 
 static PIPELINES: [OnceCell<Pipeline>; MAX_PIPELINES] = [const { OnceCell::new() }; MAX_PIPELINES];
 static USED: AtomicUsize = AtomicUsize::new(0);
@@ -51,6 +54,8 @@ pub struct Pipeline {
     /// Without a writer thread (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`): the sinks, written on
     /// the calling thread.
     inline: Mutex<Option<Writer>>,
+    /// Whether `inline` is in use (read on every push, so not behind the mutex).
+    writes_inline: AtomicBool,
     stop: AtomicBool,
     /// Every sink is writable (as far as the writer knows).
     healthy: AtomicBool,
@@ -88,6 +93,7 @@ fn pipeline_for(capacity: usize) -> Option<&'static Pipeline> {
         thread: RwLock::new(None),
         handle: Mutex::new(None),
         inline: Mutex::new(None),
+        writes_inline: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         healthy: AtomicBool::new(true),
         drop_when_full: AtomicBool::new(false),
@@ -103,12 +109,23 @@ fn pipeline_for(capacity: usize) -> Option<&'static Pipeline> {
 /// Starts auditing as `config` says (`C_Initialize`). The sinks are opened here, so a sink
 /// that is unusable from the start makes `on_failure = "deny"` refuse the very first call.
 pub fn start(config: &AuditConfig, app: &'static str, threads_allowed: bool) -> Result<(), String> {
+    start_with(config, app, threads_allowed, false)
+}
+
+/// [`start`], optionally without diagnostics of the audit trail's own.
+pub fn start_with(
+    config: &AuditConfig,
+    app: &'static str,
+    threads_allowed: bool,
+    quiet: bool,
+) -> Result<(), String> {
     stop();
     if !config.enabled {
         CURRENT.store(0, Release);
         return Ok(());
     }
     let mut writer = Writer::from_config(config, app)?;
+    writer.quiet = quiet;
     let p = pipeline_for(*config.queue.get_ref())
         .ok_or_else(|| "too many audit pipelines in one process".to_string())?;
     p.drop_when_full
@@ -123,6 +140,7 @@ pub fn start(config: &AuditConfig, app: &'static str, threads_allowed: bool) -> 
             log::warn!("audit: atexit failed; records queued at exit may be lost");
         }
     });
+    p.writes_inline.store(!threads_allowed, Relaxed);
     if !threads_allowed {
         *p.inline.lock() = Some(writer);
         return Ok(());
@@ -196,7 +214,7 @@ impl Pipeline {
 
     #[inline]
     fn inline_mode(&self) -> bool {
-        self.thread.read().is_none() && !self.stop.load(Relaxed)
+        self.writes_inline.load(Relaxed) && !self.stop.load(Relaxed)
     }
 
     /// The queue is full: wait for room, or drop and count.
@@ -275,6 +293,9 @@ impl<S, M> Lane<S, M> {
 /// The writer's side: sinks, their backlogs, and record numbering.
 #[derive(Debug)]
 pub struct Writer {
+    /// Say nothing in the diagnostic log (the one-record pipeline of a configuration error,
+    /// whose only news is already logged).
+    quiet: bool,
     /// The app named in the writer's own records (drops, outages).
     app: &'static str,
     origin: Origin,
@@ -302,6 +323,7 @@ impl Writer {
             None => None,
         };
         Ok(Writer {
+            quiet: false,
             app,
             origin: Origin {
                 host: hostname(),
@@ -315,7 +337,7 @@ impl Writer {
                 ))
             }),
             file,
-            cap: *c.queue.get_ref(),
+            cap: (*c.queue.get_ref()).max(BACKLOG_MIN),
         })
     }
 
@@ -323,22 +345,24 @@ impl Writer {
     fn open_all(&mut self, p: &Pipeline) {
         if let Some(l) = &mut self.syslog {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e) {
-                    log::warn!(
-                        "audit: syslog socket {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
-                }
+                if l.failed(&e)
+                    && !self.quiet {
+                        log::warn!(
+                            "audit: syslog socket {}: {e}; records are kept and retried",
+                            l.sink.path().display()
+                        );
+                    }
             }
         }
         if let Some(l) = &mut self.file {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e) {
-                    log::warn!(
-                        "audit: file {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
-                }
+                if l.failed(&e)
+                    && !self.quiet {
+                        log::warn!(
+                            "audit: file {}: {e}; records are kept and retried",
+                            l.sink.path().display()
+                        );
+                    }
             }
         }
         self.update_health(p);
@@ -385,21 +409,33 @@ impl Writer {
     }
 
     /// Writes until the queue and backlogs are empty or `deadline` passes; says what was lost.
+    /// A sink that is down gets one more try, not the whole wait: waiting only helps a sink
+    /// that is working through a backlog.
     fn drain(&mut self, p: &Pipeline, deadline: Instant) {
+        for lane_retry in [
+            self.syslog.as_mut().map(|l| &mut l.retry_at),
+            self.file.as_mut().map(|l| &mut l.retry_at),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *lane_retry = Instant::now();
+        }
         while Instant::now() < deadline {
             self.pump(p);
-            if p.queue.is_empty() && self.backlog() == 0 {
-                return;
+            if (p.queue.is_empty() && self.backlog() == 0) || self.is_down() {
+                break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         let lost = p.queue.len() + self.backlog();
-        if lost > 0 {
-            log::error!(
-                "audit: {lost} record(s) could not be written within {} s and are lost",
-                DRAIN_TIMEOUT.as_secs()
-            );
-        }
+        if lost > 0
+            && !self.quiet {
+                log::error!(
+                    "audit: {lost} record(s) could not be written before the audit trail was \
+                 stopped, and are lost"
+                );
+            }
     }
 
     fn backlog(&self) -> usize {
@@ -422,7 +458,9 @@ impl Writer {
             let mut r = Record::note(Event::Dropped, self.app.into());
             r.count = Some(n);
             self.accept(p, &r);
-            log::warn!("audit: {n} record(s) dropped (queue full)");
+            if !self.quiet {
+                log::warn!("audit: {n} record(s) dropped (queue full)");
+            }
         }
         let pending = self.backlog();
         self.flush(p);
@@ -483,12 +521,13 @@ impl Writer {
                 l.sink.trim();
                 match failure {
                     Some(e) => {
-                        if l.failed(&e) {
-                            log::warn!(
-                                "audit: syslog socket {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
-                        }
+                        if l.failed(&e)
+                            && !self.quiet {
+                                log::warn!(
+                                    "audit: syslog socket {}: {e}; records are kept and retried",
+                                    l.sink.path().display()
+                                );
+                            }
                     }
                     None => {
                         if let Some(outage) = l.down.take() {
@@ -521,23 +560,26 @@ impl Writer {
                         }
                     }
                     Err(e) => {
-                        if l.failed(&e) {
-                            log::warn!(
-                                "audit: file {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
-                        }
+                        if l.failed(&e)
+                            && !self.quiet {
+                                log::warn!(
+                                    "audit: file {}: {e}; records are kept and retried",
+                                    l.sink.path().display()
+                                );
+                            }
                     }
                 }
             }
         }
         self.update_health(p);
         for r in recovered {
-            log::info!(
-                "audit: {} sink is back after an outage; {} record(s) delayed",
-                r.sink.unwrap_or(""),
-                r.delayed.unwrap_or(0)
-            );
+            if !self.quiet {
+                log::info!(
+                    "audit: {} sink is back after an outage; {} record(s) delayed",
+                    r.sink.unwrap_or(""),
+                    r.delayed.unwrap_or(0)
+                );
+            }
             self.accept(p, &r);
         }
     }

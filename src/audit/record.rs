@@ -137,3 +137,13 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_record_is_small_enough_to_queue_by_value() {
+        let size = std::mem::size_of::<super::Record>();
+        assert!(size <= 512, "{size}");
+        eprintln!("Record: {size} bytes");
+    }
+}

@@ -113,6 +113,8 @@ impl Bed {
             ("P11GATE_CONFIG".to_string(), config.display().to_string()),
             ("P11GATE_LOG".to_string(), log.display().to_string()),
             ("P11GATE_LOG_LEVEL".to_string(), "trace".to_string()),
+            // These tests count diagnostic lines; the audit trail has tests of its own.
+            ("P11GATE_AUDIT".to_string(), "off".to_string()),
         ];
         if let Some(app) = app {
             env.push(("P11GATE_APP".to_string(), app.to_string()));
