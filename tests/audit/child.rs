@@ -90,6 +90,13 @@ impl Client {
     /// Reads lines until one starts with `key `, for at most `timeout`; returns the rest.
     #[track_caller]
     pub fn expect_within(&mut self, key: &str, timeout: Duration) -> String {
+        self.expect_one_of(&[key], timeout).1
+    }
+
+    /// Reads lines until one starts with one of `keys` and a space, for at most `timeout`;
+    /// returns that key and the rest of the line.
+    #[track_caller]
+    pub fn expect_one_of(&mut self, keys: &[&str], timeout: Duration) -> (String, String) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -97,15 +104,17 @@ impl Client {
                 Ok(line) => {
                     self.seen.push_str(&line);
                     self.seen.push('\n');
-                    if let Some(v) = line.strip_prefix(&format!("{key} ")) {
-                        return v.to_string();
+                    for key in keys {
+                        if let Some(v) = line.strip_prefix(&format!("{key} ")) {
+                            return (key.to_string(), v.to_string());
+                        }
                     }
                 }
                 Err(e) => {
                     let _ = self.child.kill();
                     let (_, rest) = self.finish_output();
                     panic!(
-                        "child scenario {} printed no {key} within {timeout:?} ({e:?}):\n{}{rest}",
+                        "child scenario {} printed none of {keys:?} within {timeout:?} ({e:?}):\n{}{rest}",
                         self.scenario, self.seen
                     );
                 }
