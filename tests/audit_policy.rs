@@ -126,7 +126,7 @@ fn a_policy_refusal_is_audited_with_its_rule() {
         "want CKR_MECHANISM_INVALID, got {err:?}"
     );
     drop(session);
-    p.finalize();
+    p.finalize().unwrap();
 
     let recs = records(&audit);
     let refused: Vec<&Value> = recs.iter().filter(|r| r["fn"] == "C_EncryptInit").collect();
@@ -223,7 +223,7 @@ fn without_os_threads_records_are_written_on_the_calling_thread() {
     env.push(("P11GATE_AUDIT_KEY".into(), key.display().to_string()));
     let _guard = common::in_process(&env);
 
-    // SAFETY (test): the built module exports the PKCS#11 API; every call below passes valid
+    // SAFETY: the built module exports the PKCS#11 API; every call below passes valid
     // pointers for its duration, as the spec requires.
     unsafe {
         let lib = libloading::Library::new(common::module()).unwrap();
