@@ -34,6 +34,13 @@ export P11GATE_UPSTREAM="$softhsm_lib"
 export P11GATE_CONFIG="$demo_dir/p11gate.toml"   # absent: the environment says everything
 export P11GATE_LOG="$demo_dir/p11gate.log"
 export P11GATE_LOG_LEVEL=info
+# The audit trail: a JSON-lines file with its HMAC chain (and syslog, if a daemon listens).
+"$here/target/release/p11gate" audit keygen "$demo_dir/audit.key" >/dev/null
+audit_sinks="file:$demo_dir/audit.jsonl"
+if [ -S /dev/log ] && command -v logger >/dev/null && logger -t p11gate-demo "p11gate demo starting" 2>/dev/null; then
+  audit_sinks="syslog,$audit_sinks"
+fi
+export P11GATE_AUDIT="$audit_sinks" P11GATE_AUDIT_KEY="$demo_dir/audit.key"
 tool() { pkcs11-tool --module "$module" "$@"; }
 
 step "pkcs11-tool --show-info (p11gate answers C_GetInfo itself)"
@@ -77,6 +84,18 @@ if grep -qF "$user_pin" "$P11GATE_LOG" "$demo_dir"/*.log 2>/dev/null; then
   exit 1
 fi
 echo "(the PIN appears nowhere in it)"
+
+step "The audit trail ($demo_dir/audit.jsonl): the seal wrap's records"
+grep -E '"fn":"C_(Encrypt|Sign|Verify|Decrypt)"' "$demo_dir/audit.jsonl" | cut -c1-400
+step "p11gate audit verify: the HMAC chain is intact"
+"$here/target/release/p11gate" audit verify "$demo_dir/audit.jsonl" --key "$demo_dir/audit.key"
+step "p11gate audit summary"
+"$here/target/release/p11gate" audit summary "$demo_dir/audit.jsonl"
+if grep -qF "$user_pin" "$demo_dir/audit.jsonl"; then
+  echo "FAIL: the PIN appears in the audit trail" >&2
+  exit 1
+fi
+echo "(the PIN appears nowhere in the audit trail)"
 
 step "Paste this into Vault's configuration (Vault Enterprise, seal \"pkcs11\")"
 cat <<STANZA

@@ -486,6 +486,12 @@ fn take_refusal() -> Option<Box<str>> {
     REFUSAL.with(|r| r.borrow_mut().take())
 }
 
+/// Drops a noted refusal (the boundary, after any failed call).
+#[cold]
+pub fn forget_refusal() {
+    take_refusal();
+}
+
 /// Queues a lifecycle record (`init`, `finalize`, `load`, `config_error`) if audit is running.
 pub fn note(record: Record) {
     if let Some(p) = pipeline::current() {

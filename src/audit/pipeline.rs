@@ -345,24 +345,22 @@ impl Writer {
     fn open_all(&mut self, p: &Pipeline) {
         if let Some(l) = &mut self.syslog {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e)
-                    && !self.quiet {
-                        log::warn!(
-                            "audit: syslog socket {}: {e}; records are kept and retried",
-                            l.sink.path().display()
-                        );
-                    }
+                if l.failed(&e) && !self.quiet {
+                    log::warn!(
+                        "audit: syslog socket {}: {e}; records are kept and retried",
+                        l.sink.path().display()
+                    );
+                }
             }
         }
         if let Some(l) = &mut self.file {
             if let Err(e) = l.sink.open() {
-                if l.failed(&e)
-                    && !self.quiet {
-                        log::warn!(
-                            "audit: file {}: {e}; records are kept and retried",
-                            l.sink.path().display()
-                        );
-                    }
+                if l.failed(&e) && !self.quiet {
+                    log::warn!(
+                        "audit: file {}: {e}; records are kept and retried",
+                        l.sink.path().display()
+                    );
+                }
             }
         }
         self.update_health(p);
@@ -429,13 +427,12 @@ impl Writer {
             std::thread::sleep(Duration::from_millis(5));
         }
         let lost = p.queue.len() + self.backlog();
-        if lost > 0
-            && !self.quiet {
-                log::error!(
-                    "audit: {lost} record(s) could not be written before the audit trail was \
+        if lost > 0 && !self.quiet {
+            log::error!(
+                "audit: {lost} record(s) could not be written before the audit trail was \
                  stopped, and are lost"
-                );
-            }
+            );
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -495,10 +492,12 @@ impl Writer {
     fn flush(&mut self, p: &Pipeline) {
         let mut recovered: Vec<Record> = Vec::new();
         if let Some(l) = &mut self.syslog {
-            if l.due() && !l.backlog.is_empty() {
+            // A sink that is down is probed even with nothing to write (under "deny" nothing
+            // is queued while it is down), so that calls are admitted again once it is back.
+            if l.due() && (!l.backlog.is_empty() || l.down.is_some()) {
                 let delayed = l.backlog.len() as u64;
-                let mut failure = None;
-                while let Some((severity, time, text)) = l.backlog.front() {
+                let mut failure = l.sink.open().err();
+                while let (None, Some((severity, time, text))) = (&failure, l.backlog.front()) {
                     let d = l.sink.datagram(*severity, *time, &self.origin, text);
                     match l.sink.send(&d) {
                         Ok(()) => {
@@ -521,13 +520,12 @@ impl Writer {
                 l.sink.trim();
                 match failure {
                     Some(e) => {
-                        if l.failed(&e)
-                            && !self.quiet {
-                                log::warn!(
-                                    "audit: syslog socket {}: {e}; records are kept and retried",
-                                    l.sink.path().display()
-                                );
-                            }
+                        if l.failed(&e) && !self.quiet {
+                            log::warn!(
+                                "audit: syslog socket {}: {e}; records are kept and retried",
+                                l.sink.path().display()
+                            );
+                        }
                     }
                     None => {
                         if let Some(outage) = l.down.take() {
@@ -544,7 +542,7 @@ impl Writer {
             }
         }
         if let Some(l) = &mut self.file {
-            if l.due() && !l.backlog.is_empty() {
+            if l.due() && (!l.backlog.is_empty() || l.down.is_some()) {
                 let batch: Vec<String> = l.backlog.iter().cloned().collect();
                 match l.sink.write(&batch, &self.origin) {
                     Ok(()) => {
@@ -560,13 +558,12 @@ impl Writer {
                         }
                     }
                     Err(e) => {
-                        if l.failed(&e)
-                            && !self.quiet {
-                                log::warn!(
-                                    "audit: file {}: {e}; records are kept and retried",
-                                    l.sink.path().display()
-                                );
-                            }
+                        if l.failed(&e) && !self.quiet {
+                            log::warn!(
+                                "audit: file {}: {e}; records are kept and retried",
+                                l.sink.path().display()
+                            );
+                        }
                     }
                 }
             }

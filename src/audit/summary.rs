@@ -44,7 +44,8 @@ options:
                  last}] (keys also app and key; a key's name is app/key)
   -h, --help     print this text
 
-A key is named by its label, else id:CKA_ID, else handle:N, per app. Rows are sorted by calls,
+A call counts for the key it used, else for the object it made, read or changed. A key is
+named by its label, else id:CKA_ID, else handle:N, per app. Rows are sorted by calls,
 most first. Times are UTC.
 
 Filters combine: a record is counted when all of them match. --key, --fn and --errors select
@@ -498,6 +499,13 @@ struct Raw<'a> {
     key_label: Option<Str<'a>>,
     #[serde(borrow)]
     key_id: Option<Str<'a>>,
+    /// The object a call made, read, changed or destroyed: counted as the key when the record
+    /// names no key of its own (C_GenerateKey, C_GetAttributeValue, C_DestroyObject, ...).
+    object: Option<u64>,
+    #[serde(borrow)]
+    object_label: Option<Str<'a>>,
+    #[serde(borrow)]
+    object_id: Option<Str<'a>>,
     #[serde(borrow)]
     refused: Option<Str<'a>>,
     count: Option<u64>,
@@ -565,6 +573,12 @@ fn validate(raw: Raw<'_>) -> Result<Option<Record<'_>>, &'static str> {
     }
     let time = raw.time.ok_or("no time")?.0;
     let time = parse_rfc3339(&time).ok_or("time is not RFC 3339")?;
+    let names_key = raw.key.is_some() || raw.key_label.is_some() || raw.key_id.is_some();
+    let (key, key_label, key_id) = if names_key {
+        (raw.key, raw.key_label, raw.key_id)
+    } else {
+        (raw.object, raw.object_label, raw.object_id)
+    };
     let record = Record {
         time,
         host: raw.host.ok_or("no host")?.0,
@@ -573,9 +587,9 @@ fn validate(raw: Raw<'_>) -> Result<Option<Record<'_>>, &'static str> {
         app: raw.app.ok_or("no app")?.0,
         func: raw.func.map(|s| s.0),
         rv: raw.rv.map(|s| s.0),
-        key: raw.key,
-        key_label: raw.key_label.map(|s| s.0).filter(|s| !s.is_empty()),
-        key_id: raw.key_id.map(|s| s.0).filter(|s| !s.is_empty()),
+        key,
+        key_label: key_label.map(|s| s.0).filter(|s| !s.is_empty()),
+        key_id: key_id.map(|s| s.0).filter(|s| !s.is_empty()),
         refused: raw.refused.is_some(),
         count: raw.count,
         denied: raw.denied,
@@ -639,6 +653,9 @@ fn parse_pairs(text: &[u8]) -> Result<Raw<'_>, &'static str> {
             b"key" => set_field(&mut raw.key, number(&value.0)?)?,
             b"key_label" => set_field(&mut raw.key_label, value)?,
             b"key_id" => set_field(&mut raw.key_id, value)?,
+            b"object" => set_field(&mut raw.object, number(&value.0)?)?,
+            b"object_label" => set_field(&mut raw.object_label, value)?,
+            b"object_id" => set_field(&mut raw.object_id, value)?,
             b"refused" => set_field(&mut raw.refused, value)?,
             b"count" => set_field(&mut raw.count, number(&value.0)?)?,
             b"denied" => set_field(&mut raw.denied, number(&value.0)?)?,
@@ -2195,5 +2212,31 @@ warning: p11gate dropped 5 audit records: the trail is incomplete
                 generated.as_secs_f64()
             );
         }
+    }
+
+    #[test]
+    fn an_object_counts_as_the_key_when_a_record_names_no_key() {
+        let lines = concat!(
+            r#"{"event":"call","time":"2026-11-28T23:00:00Z","host":"h","pid":1,"rec":1,"app":"a","fn":"C_GenerateKey","rv":"CKR_OK","object":9,"object_label":"new-key","object_class":"CKO_SECRET_KEY"}"#,
+            "\n",
+            r#"{"event":"call","time":"2026-11-28T23:00:01Z","host":"h","pid":1,"rec":2,"app":"a","fn":"C_WrapKey","rv":"CKR_OK","key":3,"key_label":"kek","object":9,"object_label":"new-key"}"#,
+            "\n",
+        );
+        let v = json_of(lines, &["--json"]);
+        let keys: Vec<(String, u64)> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap().to_string(),
+                    k["calls"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("a/kek".to_string(), 1), ("a/new-key".to_string(), 1)]
+        );
     }
 }

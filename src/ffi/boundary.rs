@@ -71,7 +71,12 @@ fn finish(
 ) -> CK_RV {
     let rv = match result {
         Ok(Ok(())) => CKR_OK,
-        Ok(Err(e)) => e.rv(),
+        Ok(Err(e)) => {
+            // A refusal in a call that is not audited (C_GetMechanismInfo) must not be
+            // attributed to the next audited call on this thread.
+            crate::audit::forget_refusal();
+            e.rv()
+        }
         Err(payload) => panicked(name, payload),
     };
     if log::log_enabled!(log::Level::Trace) {

@@ -131,6 +131,21 @@ impl Router {
         Some((entry, self.backend_of(entry).name()))
     }
 
+    /// Makes sure the token label of a slot is known for audit records: one `C_GetTokenInfo`
+    /// the first time a session is opened on a slot whose label nobody asked for yet.
+    pub fn learn_token_label(&self, id: CK_SLOT_ID) {
+        let Ok(slot) = self.slot(id, false) else {
+            return;
+        };
+        if slot.entry.token_label(id).is_some() {
+            return;
+        }
+        let mut info = CK_TOKEN_INFO::default();
+        if slot.backend.token_info(slot.id, &mut info).is_ok() {
+            slot.entry.learn_token_label(id, &info);
+        }
+    }
+
     /// The backend slot behind a slot id, with its token; `fresh` asks the upstream again.
     pub fn slot(&self, id: CK_SLOT_ID, fresh: bool) -> Result<Slot<'_>> {
         let (index, entry) = self.entry(id)?;

@@ -33,6 +33,9 @@ pub unsafe extern "C" fn C_OpenSession(
             let handle = unsafe { out(phSession) }?;
             *handle = rt.router.open_session(slotID, flags)?;
             call.session_opened(*handle);
+            if call.on() {
+                rt.router.learn_token_label(slotID);
+            }
             Ok(())
         },
     )
