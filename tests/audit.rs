@@ -1513,7 +1513,7 @@ fn file_records_form_a_chain_that_verifies() {
         .iter()
         .filter_map(|r| r.get("rec").map(|_| r.rec()))
         .collect();
-    check(got == (1..=all.len() as u64).collect::<Vec<_>>(), || {
+    check(got == (1..=got.len() as u64).collect::<Vec<_>>(), || {
         format!("recs {got:?} in\n{}", dump(&all))
     });
 }
