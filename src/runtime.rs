@@ -113,7 +113,10 @@ fn start(args: InitArgs) -> Result<usize> {
         for b in rt.router.backends() {
             let mut r = Record::note(Event::Load, rt.router.app().into());
             r.upstream = Some(b.name().into());
-            r.path = Some(b.describe().into());
+            r.path = b
+                .source_path()
+                .map(|p| p.display().to_string().into_boxed_str());
+            r.msg = Some(b.describe().into());
             audit::note(r);
         }
     }

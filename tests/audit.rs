@@ -1487,25 +1487,39 @@ fn file_records_form_a_chain_that_verifies() {
     for r in all.iter().filter(|r| r.is_call("C_GenerateRandom")) {
         assert_fields(r, &[("rv", "CKR_OK".into()), ("out", "16".into())]);
     }
-    // "Every record has event, time, host, pid, rec and app": file_start included.
+    // "Every record (but a file's own file_start) has event, time, host, pid, rec and app";
+    // file_start has event, time, host and pid, and neither rec nor app (it is no call's).
     let _findings = Findings::start();
     let host = hostname();
     for (i, line) in text.lines().enumerate() {
         let (r, map) = json_record(line);
         assert_eq!(r.num("seq"), i as u64);
-        for n in ["seq", "pid", "rec"] {
-            check(map.get(n).is_some_and(|v| v.is_u64()), || {
+        let start = i == 0;
+        let numbers: &[&str] = if start {
+            &["seq", "pid"]
+        } else {
+            &["seq", "pid", "rec"]
+        };
+        for n in numbers {
+            check(map.get(*n).is_some_and(|v| v.is_u64()), || {
                 format!("{n} is a JSON number: {line}")
             });
         }
-        assert_fields(
-            &r,
-            &[
-                ("host", host.clone()),
-                ("pid", pid.to_string()),
-                ("app", "default".into()),
-            ],
-        );
+        if start {
+            check(!map.contains_key("rec") && !map.contains_key("app"), || {
+                format!("file_start has no rec or app: {line}")
+            });
+            assert_fields(&r, &[("host", host.clone()), ("pid", pid.to_string())]);
+        } else {
+            assert_fields(
+                &r,
+                &[
+                    ("host", host.clone()),
+                    ("pid", pid.to_string()),
+                    ("app", "default".into()),
+                ],
+            );
+        }
         assert_time(&r);
     }
     // The process's records count from 1, in file order.

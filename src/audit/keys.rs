@@ -109,6 +109,18 @@ impl KeyCache {
         self.shard(handle).write().remove(&(backend, handle))
     }
 
+    /// Forgets a destroyed object if what is known of it is still `was` (an object made since
+    /// under the same handle keeps its entry).
+    pub fn forget_if(&self, backend: usize, handle: CK_OBJECT_HANDLE, was: &KeyInfo) {
+        let mut shard = self.shard(handle).write();
+        if shard
+            .get(&(backend, handle))
+            .is_some_and(|now| **now == *was)
+        {
+            shard.remove(&(backend, handle));
+        }
+    }
+
     /// Forgets everything (`C_Finalize`, `C_InitToken`: handles may be reused).
     pub fn clear(&self) {
         for s in &self.shards {

@@ -301,11 +301,10 @@ impl Call {
         self.record.object = Some(ObjectRef { handle, info });
     }
 
-    /// `C_DestroyObject` succeeded: forget the object.
-    pub fn destroyed(&mut self, handle: CK_OBJECT_HANDLE) {
-        if let (Some((_, backend)), true) = (self.session, self.on()) {
-            self.auditor.keys.forget(backend, handle);
-        }
+    /// `C_DestroyObject` succeeded: the writer forgets the object after writing this record,
+    /// so that records queued before it still find its label.
+    pub fn destroyed(&mut self) {
+        self.record.forget_object = true;
     }
 
     /// `C_FindObjectsInit`: remembers what the search is for, to label what it finds.
@@ -435,7 +434,7 @@ impl Call {
             Phase::End(kind) => {
                 if (rv == CKR_OK && self.query) || rv == CKR_BUFFER_TOO_SMALL {
                     // Not the end: only the time counts.
-                    ops.add(session, kind, 0, 0, micros);
+                    ops.add_time(session, kind, micros);
                     return;
                 }
                 self.take_totals(ops.end(session, kind), micros);

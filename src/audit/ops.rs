@@ -109,12 +109,20 @@ impl Operations {
             op.key.store(key, Relaxed);
             op.bytes_in.store(0, Relaxed);
             op.bytes_out.store(0, Relaxed);
-            op.parts.store(1, Relaxed);
+            op.parts.store(0, Relaxed);
             op.micros.store(micros, Relaxed);
         }
     }
 
-    /// A call that continues the operation (an update, or a length query).
+    /// A call that continues the operation without data (a length query): only its time.
+    #[inline]
+    pub fn add_time(&self, session: usize, kind: OpKind, micros: u64) {
+        if let Some(op) = self.op(session, kind) {
+            op.micros.fetch_add(micros, Relaxed);
+        }
+    }
+
+    /// A call that continues the operation with data (an update).
     #[inline]
     pub fn add(&self, session: usize, kind: OpKind, bytes_in: u64, bytes_out: u64, micros: u64) {
         if let Some(op) = self.op(session, kind) {
@@ -214,7 +222,7 @@ mod tests {
                 key: 9,
                 bytes_in: 32,
                 bytes_out: 16,
-                parts: 3,
+                parts: 2,
                 micros: 6
             }
         );

@@ -301,8 +301,11 @@ pub struct Writer {
     origin: Origin,
     syslog: Option<Lane<SyslogSink, (u8, u64, String)>>,
     file: Option<Lane<FileSink, String>>,
-    /// Backlog length at which the writer stops taking records from the queue.
+    /// Backlog length at which the writer stops taking records from the queue while a sink is
+    /// down.
     cap: usize,
+    /// The configured queue length: the most a slow (not failed) sink may fall behind.
+    queue: usize,
 }
 
 impl Writer {
@@ -338,6 +341,7 @@ impl Writer {
             }),
             file,
             cap: (*c.queue.get_ref()).max(BACKLOG_MIN),
+            queue: *c.queue.get_ref(),
         })
     }
 
@@ -464,14 +468,18 @@ impl Writer {
         taken > 0 || pending > 0
     }
 
+    /// Whether the writer may take more records from the queue. A sink that is down may fall
+    /// behind by its backlog; one that is only slow (a daemon that reads slowly) by no more than
+    /// the queue itself, so that `on_overflow` takes effect at `queue` records, as configured.
     fn backlog_room(&self) -> bool {
+        let room = |len: usize, down: bool| len < if down { self.cap } else { self.queue };
         self.syslog
             .as_ref()
-            .is_none_or(|l| l.backlog.len() < self.cap)
+            .is_none_or(|l| room(l.backlog.len(), l.down.is_some()))
             && self
                 .file
                 .as_ref()
-                .is_none_or(|l| l.backlog.len() < self.cap)
+                .is_none_or(|l| room(l.backlog.len(), l.down.is_some()))
     }
 
     /// Numbers a record and formats it for each sink.
@@ -486,6 +494,11 @@ impl Writer {
             let mut j = JsonMembers::default();
             walk(r, &self.origin, rec, &mut j);
             l.backlog.push_back(j.0);
+        }
+        if let (true, Some((cache, backend)), Some(o)) = (r.forget_object, r.keys, &r.object) {
+            if let Some(was) = &o.info {
+                cache.forget_if(backend, o.handle, was);
+            }
         }
     }
 

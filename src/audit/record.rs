@@ -91,6 +91,9 @@ pub struct Record {
     /// Why an operation ended other than by its own call (`session_closed`).
     pub ended: Option<&'static str>,
     pub count: Option<u64>,
+    /// `C_DestroyObject`: the writer forgets `object` once this record (and every earlier one,
+    /// which may name it) is written.
+    pub forget_object: bool,
     /// Which backend's handles `key` and `object` are, for the writer's cache lookup.
     pub keys: Option<(&'static KeyCache, usize)>,
     /// Free text of lifecycle events (configuration path, error text); never call data.

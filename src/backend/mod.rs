@@ -54,6 +54,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String {
         self.name().to_string()
     }
+    /// The file it was loaded from, if any (audit `load` records).
+    fn source_path(&self) -> Option<&std::path::Path> {
+        None
+    }
     fn capabilities(&self) -> Capabilities;
 
     // --- General purpose (PKCS#11 2.40 §5.4) ---

@@ -341,6 +341,10 @@ impl Backend for Upstream {
         &self.name
     }
 
+    fn source_path(&self) -> Option<&Path> {
+        Some(self.path())
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} ({}, Cryptoki {}.{}{})",

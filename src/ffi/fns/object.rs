@@ -105,7 +105,7 @@ pub unsafe extern "C" fn C_DestroyObject(
                 .check_object(&s, hObject, Error::ObjectHandleInvalid)?;
             s.backend.destroy_object(s.handle, hObject)?;
             rt.router.forget_object(&s, hObject);
-            call.destroyed(hObject);
+            call.destroyed();
             Ok(())
         },
     )
