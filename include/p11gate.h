@@ -85,6 +85,13 @@ extern "C" {
  * it sees only that app's virtual slots. Set it in each Vault server's service environment. */
 #define P11GATE_ENV_APP "P11GATE_APP"
 
+/* The audit trail's sinks, replacing the configuration's [audit] sinks: "off", or a comma-separated
+ * list of "syslog", "syslog:/path/to/socket" and "file:/path/to/audit.jsonl". */
+#define P11GATE_ENV_AUDIT "P11GATE_AUDIT"
+
+/* The key file of the audit file's HMAC chain (overrides [audit] key_file). */
+#define P11GATE_ENV_AUDIT_KEY "P11GATE_AUDIT_KEY"
+
 /* Reserved for the built-in soft token (a later version): its number of slots and its storage. */
 #define P11GATE_ENV_NUM_SLOTS "P11GATE_NUM_SLOTS"
 #define P11GATE_ENV_HOME "P11GATE_HOME"
@@ -143,6 +150,10 @@ extern "C" {
 
 /* Any panic inside p11gate (caught at the boundary, logged; the host process is not aborted). */
 #define P11GATE_RV_INTERNAL_ERROR CKR_GENERAL_ERROR
+
+/* With [audit] on_failure = "deny": a call that would be audited, while an audit sink cannot be
+ * written. The upstream never sees it; calls are admitted again once the sink works. */
+#define P11GATE_RV_AUDIT_DOWN CKR_FUNCTION_FAILED
 
 /* ------------------------------------------------------------------------------------------------
  * PKCS#11 3.0 declarations missing from a 2.40-only system header
