@@ -70,7 +70,7 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 grep -q p11gate-bench-probe "$work/out.log" || { echo "rsyslogd does not write $work/out.log" >&2; exit 1; }
-echo "rsyslogd $(rsyslogd -v | head -1 | awk '{print $2}') running, pid $rsyslog_pid"
+echo "rsyslogd $(rsyslogd -v | awk 'NR == 1 { print $2 }') running, pid $rsyslog_pid"
 
 step "Timing: audit off / syslog / file / both, SoftHSMv2 direct; interleaved, one process"
 timing_log="$work/timing.log"

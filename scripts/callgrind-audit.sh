@@ -155,11 +155,12 @@ if command -v callgrind_annotate >/dev/null 2>&1; then
         END { for (x in k) { v = (g[x] - r[x]) / n; if (v >= 5 || v <= -5) printf "%+.1f\t%s\n", v, x } }
     ' | sort -g -r >"$work/functions"
     echo "instructions added per operation on the calling thread, by function (file vs off, exclusive):"
-    head -15 "$work/functions" | awk -F'\t' '{ printf "  %9s  %s\n", $1, $2 }'
+    awk -F'\t' 'NR <= 15 { printf "  %9s  %s\n", $1, $2 }' "$work/functions"
     echo
     for kind in "${kinds[@]}"; do
         [ "$kind" = off ] && continue
-        echo "writer thread, audit $kind: top functions per record (exclusive, $N2-operation run minus $N)"
+        echo "writer thread, audit $kind: top functions per record (exclusive, $N2-operation run minus $N;"
+        echo "valgrind's CPU has no SHA extensions, so the HMAC runs sha2's portable code here)"
         for ops in "$N" "$N2"; do
             for f in "$work/cg.all.$kind.$ops"-[0-9]*; do
                 [ "${f##*-}" = 01 ] && continue
@@ -168,7 +169,7 @@ if command -v callgrind_annotate >/dev/null 2>&1; then
         done | awk -F'\t' -v n="$N" -v n2="$N2" '
             { d = ($1 == n2) ? $3 : -$3; c[$2] += d }
             END { for (x in c) { v = c[x] / n; if (v >= 20) printf "%.0f\t%s\n", v, x } }
-        ' | sort -g -r | head -12 | awk -F'\t' '{ printf "  %9s  %s\n", $1, $2 }'
+        ' | sort -g -r | awk -F'\t' 'NR <= 12 { printf "  %9s  %s\n", $1, $2 }'
         echo
     done
 fi
