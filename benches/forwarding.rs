@@ -29,6 +29,8 @@
 //! - `P11GATE_BENCH_WORKLOADS` (default: all): a comma-separated subset of `get_session_info`,
 //!   `aes_gcm_encrypt_32`, `hmac_sha256_sign_32`, `generate_random_32`, `find_by_label`,
 //!   `rsa2048_oaep_decrypt`.
+//! - `P11GATE_AUDIT` (default here: `off`): p11gate's audit sinks; the audit trail is on by
+//!   default in p11gate, and would otherwise send a record per operation to `/dev/log`.
 //! - `P11GATE_BENCH_GATE`: the module measured as "p11gate" (default: the `libp11gate.so` beside
 //!   this binary in `target/release/deps/`). Point it at SoftHSM's module to check that the
 //!   harness itself shows no difference between the two sides.
@@ -1105,6 +1107,11 @@ fn fixture() -> common::SoftHsm {
         std::env::set_var(k, v);
     }
     std::env::set_var("P11GATE_LOG_LEVEL", "warn");
+    // The audit trail is on by default (syslog to /dev/log): this bench measures forwarding, so
+    // it turns audit off unless told otherwise (benches/audit.rs measures what audit costs).
+    if std::env::var_os("P11GATE_AUDIT").is_none() {
+        std::env::set_var("P11GATE_AUDIT", "off");
+    }
     hsm
 }
 
