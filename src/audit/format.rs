@@ -29,7 +29,9 @@ pub trait Fields {
 pub fn walk(r: &Record, origin: &Origin, rec: u64, out: &mut dyn Fields) {
     let mut buf = String::new();
     out.text("event", r.event.name());
-    out.text("time", &rfc3339(r.time_us));
+    buf.clear();
+    push_rfc3339(&mut buf, r.time_us);
+    out.text("time", &buf);
     out.text("host", &origin.host);
     out.number("pid", u64::from(origin.pid));
     out.number("rec", rec);
@@ -149,21 +151,23 @@ fn object(out: &mut dyn Fields, r: &Record, prefix: &str, o: &ObjectRef, buf: &m
         }
     };
     let Some(info) = info else { return };
-    let field = |suffix: &str| format!("{prefix}_{suffix}");
+    let (label, id, class) = if prefix == "key" {
+        ("key_label", "key_id", "key_class")
+    } else {
+        ("object_label", "object_id", "object_class")
+    };
     if let Some(l) = &info.label {
-        out.text(&field("label"), l);
+        out.text(label, l);
     }
-    if let Some(id) = &info.id {
+    if let Some(bytes) = &info.id {
         buf.clear();
-        for b in id.iter() {
-            let _ = write!(buf, "{b:02x}");
-        }
-        out.text(&field("id"), buf);
+        push_hex(buf, bytes);
+        out.text(id, buf);
     }
     if let Some(c) = info.class {
         match class_name(c) {
-            Some(n) => out.text(&field("class"), n),
-            None => out.text(&field("class"), hex_number(c, buf)),
+            Some(n) => out.text(class, n),
+            None => out.text(class, hex_number(c, buf)),
         }
     }
 }
@@ -221,7 +225,7 @@ impl Fields for KeyValue {
 
     fn number(&mut self, key: &str, value: u64) {
         self.start(key);
-        let _ = write!(self.0, "{value}");
+        push_u64(&mut self.0, value);
     }
 }
 
@@ -247,7 +251,7 @@ impl Fields for JsonMembers {
 
     fn number(&mut self, key: &str, value: u64) {
         self.start(key);
-        let _ = write!(self.0, "{value}");
+        push_u64(&mut self.0, value);
     }
 }
 
@@ -282,16 +286,58 @@ pub fn json_string(out: &mut String, s: &str) {
 
 /// RFC 3339 in UTC with microseconds: `2026-11-28T23:06:01.123456Z`.
 pub fn rfc3339(micros: u64) -> String {
+    let mut out = String::with_capacity(27);
+    push_rfc3339(&mut out, micros);
+    out
+}
+
+/// Appends [`rfc3339`]'s text (records are formatted often: no `format!` machinery).
+pub fn push_rfc3339(out: &mut String, micros: u64) {
     let secs = micros / 1_000_000;
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        micros % 1_000_000
-    )
+    push_digits(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_digits(out, u64::from(m), 2);
+    out.push('-');
+    push_digits(out, u64::from(d), 2);
+    out.push('T');
+    push_digits(out, rest / 3600, 2);
+    out.push(':');
+    push_digits(out, rest / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, rest % 60, 2);
+    out.push('.');
+    push_digits(out, micros % 1_000_000, 6);
+    out.push('Z');
+}
+
+/// Appends `v` with at least `width` digits (zero-padded).
+fn push_digits(out: &mut String, mut v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while v > 0 || digits.len() - i < width {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    for &b in &digits[i..] {
+        out.push(b as char);
+    }
+}
+
+/// Appends a decimal number.
+pub fn push_u64(out: &mut String, v: u64) {
+    push_digits(out, v, 1);
+}
+
+/// Appends bytes as lowercase hex.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
 }
 
 /// The traditional syslog timestamp (`Nov 28 23:06:01`, UTC).

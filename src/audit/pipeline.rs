@@ -394,6 +394,7 @@ impl Writer {
                 std::thread::park_timeout(if self.is_down() { RETRY_MIN } else { BUSY_POLL });
                 continue;
             }
+            self.sync_file();
             p.sleeping.store(true, SeqCst);
             if p.queue.is_empty() && !p.stop.load(SeqCst) {
                 std::thread::park_timeout(IDLE_WAIT);
@@ -401,6 +402,20 @@ impl Writer {
             p.sleeping.store(false, SeqCst);
             if let Some(l) = &mut self.syslog {
                 l.sink.trim();
+            }
+        }
+    }
+
+    /// Flushes the file sink to disk when the writer has nothing else to do.
+    fn sync_file(&mut self) {
+        if let Some(l) = &mut self.file {
+            if let Err(e) = l.sink.sync() {
+                if l.failed(&e) && !self.quiet {
+                    log::warn!(
+                        "audit: file {}: {e}; records are kept and retried",
+                        l.sink.path().display()
+                    );
+                }
             }
         }
     }
@@ -430,6 +445,7 @@ impl Writer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.sync_file();
         let lost = p.queue.len() + self.backlog();
         if lost > 0 && !self.quiet {
             log::error!(
@@ -512,7 +528,7 @@ impl Writer {
                 let mut failure = l.sink.open().err();
                 while let (None, Some((severity, time, text))) = (&failure, l.backlog.front()) {
                     let d = l.sink.datagram(*severity, *time, &self.origin, text);
-                    match l.sink.send(&d) {
+                    match l.sink.send(d) {
                         Ok(()) => {
                             l.backlog.pop_front();
                         }

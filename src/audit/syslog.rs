@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::format::{rfc3164_time, rfc3339, Origin};
+use super::format::{push_rfc3339, push_u64, rfc3164_time, Origin};
 use crate::config::SyslogFormat;
 use crate::ffi::os::unread_bytes;
 
@@ -48,25 +48,34 @@ impl SyslogSink {
 
     /// The datagram for a record: header, then the `key=value` text.
     pub fn datagram(&self, severity: u8, time_us: u64, origin: &Origin, message: &str) -> Vec<u8> {
-        let pri = u32::from(self.facility) * 8 + u32::from(severity);
+        let pri = u64::from(self.facility) * 8 + u64::from(severity);
+        let mut d = String::with_capacity(message.len() + 80);
+        d.push('<');
+        push_u64(&mut d, pri);
+        d.push('>');
         match self.format {
-            SyslogFormat::Rfc5424 => format!(
-                "<{pri}>1 {} {} p11gate {} audit - {message}",
-                rfc3339(time_us),
-                if origin.host.is_empty() {
+            SyslogFormat::Rfc5424 => {
+                d.push_str("1 ");
+                push_rfc3339(&mut d, time_us);
+                d.push(' ');
+                d.push_str(if origin.host.is_empty() {
                     "-"
                 } else {
                     &origin.host
-                },
-                origin.pid
-            ),
-            SyslogFormat::Rfc3164 => format!(
-                "<{pri}>{} p11gate[{}]: {message}",
-                rfc3164_time(time_us),
-                origin.pid
-            ),
+                });
+                d.push_str(" p11gate ");
+                push_u64(&mut d, u64::from(origin.pid));
+                d.push_str(" audit - ");
+            }
+            SyslogFormat::Rfc3164 => {
+                d.push_str(&rfc3164_time(time_us));
+                d.push_str(" p11gate[");
+                push_u64(&mut d, u64::from(origin.pid));
+                d.push_str("]: ");
+            }
         }
-        .into_bytes()
+        d.push_str(message);
+        d.into_bytes()
     }
 
     /// Connects (again), and re-sends what the daemon may have lost when it went away.
@@ -81,22 +90,22 @@ impl SyslogSink {
         self.unread_len = 0;
         self.socket = Some(socket);
         for d in lost {
-            self.send(&d)?;
+            self.send(d)?;
         }
         Ok(())
     }
 
     /// Sends one datagram. `Err(WouldBlock/TimedOut)` means the daemon is slow (try again);
     /// other errors mean it is gone (reconnect with [`SyslogSink::open`]).
-    pub fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
+    pub fn send(&mut self, datagram: Vec<u8>) -> io::Result<()> {
         if self.socket.is_none() {
             self.open()?;
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
-        match socket.send(datagram) {
+        match socket.send(&datagram) {
             Ok(_) => {
                 self.unread_len += datagram.len();
-                self.unread.push_back(datagram.to_vec());
+                self.unread.push_back(datagram);
                 Ok(())
             }
             Err(e)
