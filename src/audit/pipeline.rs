@@ -33,6 +33,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
+/// Datagrams per `sendmmsg`.
+const SYSLOG_BATCH: usize = 64;
 /// Records a sink that is down may fall behind by before the queue backs up: enough for a
 /// syslog daemon's restart under full load.
 const BACKLOG_MIN: usize = 65536;
@@ -526,13 +528,20 @@ impl Writer {
             if l.due() && (!l.backlog.is_empty() || l.down.is_some()) {
                 let delayed = l.backlog.len() as u64;
                 let mut failure = l.sink.open().err();
-                while let (None, Some((severity, time, text))) = (&failure, l.backlog.front()) {
-                    let d = l.sink.datagram(*severity, *time, &self.origin, text);
-                    match l.sink.send(d) {
-                        Ok(()) => {
-                            l.backlog.pop_front();
-                        }
-                        Err(e)
+                // In batches of up to SYSLOG_BATCH datagrams, one system call each.
+                while failure.is_none() && !l.backlog.is_empty() {
+                    let batch: Vec<Vec<u8>> = l
+                        .backlog
+                        .iter()
+                        .take(SYSLOG_BATCH)
+                        .map(|(severity, time, text)| {
+                            l.sink.datagram(*severity, *time, &self.origin, text)
+                        })
+                        .collect();
+                    let (sent, error) = l.sink.send_batch(batch);
+                    l.backlog.drain(..sent);
+                    match error {
+                        Some(e)
                             if matches!(
                                 e.kind(),
                                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -540,10 +549,9 @@ impl Writer {
                         {
                             break
                         }
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
+                        Some(e) => failure = Some(e),
+                        None if sent == 0 => break,
+                        None => {}
                     }
                 }
                 l.sink.trim();

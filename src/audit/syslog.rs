@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::format::{push_rfc3339, push_u64, rfc3164_time, Origin};
 use crate::config::SyslogFormat;
-use crate::ffi::os::unread_bytes;
+use crate::ffi::os::{send_many, unread_bytes};
 
 /// How long one send may block before the writer looks up (to notice a stop request).
 const SEND_TIMEOUT: Duration = Duration::from_millis(200);
@@ -120,6 +120,37 @@ impl SyslogSink {
                 // The daemon is gone: what it had not read is lost with its socket.
                 self.socket = None;
                 Err(e)
+            }
+        }
+    }
+
+    /// Sends datagrams in one system call where the kernel allows; returns how many were sent
+    /// (from the front), and the error that stopped the rest, if any (as for [`SyslogSink::send`]).
+    pub fn send_batch(&mut self, datagrams: Vec<Vec<u8>>) -> (usize, Option<io::Error>) {
+        if self.socket.is_none() {
+            if let Err(e) = self.open() {
+                return (0, Some(e));
+            }
+        }
+        let Some(socket) = self.socket.as_ref() else {
+            return (0, Some(io::ErrorKind::NotConnected.into()));
+        };
+        match send_many(socket, &datagrams) {
+            Ok(n) => {
+                for d in datagrams.into_iter().take(n) {
+                    self.unread_len += d.len();
+                    self.unread.push_back(d);
+                }
+                (n, None)
+            }
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    self.socket = None;
+                }
+                (0, Some(e))
             }
         }
     }

@@ -22,3 +22,39 @@ pub fn at_exit(f: extern "C" fn()) -> bool {
     // as long as the library, which is linked -z nodelete and so is never unmapped.
     unsafe { libc::atexit(f) == 0 }
 }
+
+/// Sends several datagrams on a connected socket with one system call (`sendmmsg`); returns how
+/// many were sent (the first ones). Batching lets a syslog daemon be woken once per batch rather
+/// than once per record.
+pub fn send_many(socket: &impl AsRawFd, datagrams: &[Vec<u8>]) -> std::io::Result<usize> {
+    if datagrams.is_empty() {
+        return Ok(0);
+    }
+    let mut iovecs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: msghdr is a plain C struct for which all-zero is a valid value (no name,
+            // no control data); only the iovec fields are set below.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let count = headers.len().min(libc::c_uint::MAX as usize) as libc::c_uint;
+    // SAFETY: `headers` holds `count` initialised mmsghdr entries, each pointing to one iovec in
+    // `iovecs`, which points into a datagram of `datagrams`; all of them outlive the call, and
+    // the kernel only reads the buffers (and writes msg_len into the headers, which we own).
+    let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), count, 0) };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
