@@ -447,12 +447,21 @@ fn fork_child_gets_not_initialized_until_it_initializes() {
     hsm.init_token("c-fork");
     let fork = compile("fork", hsm.dir());
     let module = module_arg();
-    let run = run(
-        &fork,
-        &["-l", "c-fork", &module],
-        &with_pin(hsm.gate_env()),
-        hsm.dir(),
-    );
+    // With an audit file: the child's C_Initialize starts a queue and writer of its own (the
+    // parent's writer thread does not exist in the child), and both processes append to the
+    // one chained file.
+    let audit = hsm.dir().join("audit.jsonl");
+    let key = hsm.dir().join("audit.key");
+    let keygen = Command::new(env!("CARGO_BIN_EXE_p11gate"))
+        .args(["audit", "keygen"])
+        .arg(&key)
+        .output()
+        .expect("p11gate audit keygen");
+    assert!(keygen.status.success(), "{keygen:?}");
+    let mut env = with_pin(hsm.gate_env());
+    env.push(("P11GATE_AUDIT".into(), format!("file:{}", audit.display())));
+    env.push(("P11GATE_AUDIT_KEY".into(), key.display().to_string()));
+    let run = run(&fork, &["-l", "c-fork", &module], &env, hsm.dir());
     let child_line = format!("child: {FORK_CHILD_CHECKS} passed, 0 failed");
     assert!(
         run.stdout.lines().any(|l| l == child_line),
@@ -460,6 +469,30 @@ fn fork_child_gets_not_initialized_until_it_initializes() {
         run.report()
     );
     run.assert_all_passed(FORK_PARENT_CHECKS);
+
+    let text = std::fs::read_to_string(&audit).expect("the audit file");
+    let init_pids: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"event\":\"init\""))
+        .filter_map(|l| l.split("\"pid\":").nth(1)?.split(',').next())
+        .collect();
+    assert_eq!(
+        init_pids.len(),
+        2,
+        "one init record from the parent and one from the child:\n{text}"
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_p11gate"))
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("p11gate audit verify");
+    assert!(
+        verify.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 /// An application that dlclose()s p11gate without C_Finalize must still exit cleanly: the
