@@ -6,8 +6,9 @@
 //!   whether it is a record (one per operation, not per `*Update`) and queues it.
 //! - [`keys`]: labels and ids of objects, learnt from templates, for records.
 //! - [`ops`]: open multi-part operations per session.
-//! - [`pipeline`]: the bounded queue and the writer thread; [`syslog`] and [`file`] sinks;
-//!   [`format`] turns records into text, [`chain`] makes files tamper-evident.
+//! - [`pipeline`]: the bounded queue, and starting and stopping the [`writer`] thread, which
+//!   writes to the [`syslog`] and [`file`] sinks; [`format`] turns records into text, [`chain`]
+//!   makes files tamper-evident.
 //! - [`summary`]: `p11gate audit summary`.
 
 pub mod chain;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod record;
 pub mod summary;
 pub mod syslog;
+pub mod writer;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -6,8 +6,6 @@
 //! shared with a forked child: a child's `C_Initialize` takes a fresh pipeline, since a thread of
 //! the parent may have been half-way through a push when `fork()` copied the memory.
 
-use std::collections::VecDeque;
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -16,28 +14,14 @@ use crossbeam_queue::ArrayQueue;
 use once_cell::sync::OnceCell;
 use parking_lot::{Mutex, RwLock};
 
-use super::chain::AuditKey;
-use super::file::FileSink;
-use super::format::{walk, JsonMembers, KeyValue, Origin};
-use super::record::{now_us, Event, Record};
-use super::syslog::SyslogSink;
+use super::record::Record;
+use super::writer::Writer;
 use crate::config::{AuditConfig, OnFailure, OnOverflow};
 
 /// How many pipelines one process (one fork generation, with changing queue sizes) may use.
 const MAX_PIPELINES: usize = 64;
 /// How long `C_Finalize` and process exit wait for queued records to be written.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-const BUSY_POLL: Duration = Duration::from_millis(2);
-const IDLE_POLLS: u32 = 25;
-const IDLE_WAIT: Duration = Duration::from_secs(1);
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(1);
-const BATCH: usize = 512;
-/// Datagrams per `sendmmsg`.
-const SYSLOG_BATCH: usize = 64;
-/// Records a sink that is down may fall behind by before the queue backs up: enough for a
-/// syslog daemon's restart under full load.
-const BACKLOG_MIN: usize = 65536;
 
 static PIPELINES: [OnceCell<Pipeline>; MAX_PIPELINES] = [const { OnceCell::new() }; MAX_PIPELINES];
 static USED: AtomicUsize = AtomicUsize::new(0);
@@ -48,9 +32,9 @@ static CURRENT: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub struct Pipeline {
     pid: u32,
-    queue: ArrayQueue<Record>,
+    pub(super) queue: ArrayQueue<Record>,
     /// Set while the writer waits without polling: then a push wakes it.
-    sleeping: AtomicBool,
+    pub(super) sleeping: AtomicBool,
     thread: RwLock<Option<Thread>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     /// Without a writer thread (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`): the sinks, written on
@@ -58,15 +42,15 @@ pub struct Pipeline {
     inline: Mutex<Option<Writer>>,
     /// Whether `inline` is in use (read on every push, so not behind the mutex).
     writes_inline: AtomicBool,
-    stop: AtomicBool,
+    pub(super) stop: AtomicBool,
     /// Every sink is writable (as far as the writer knows).
-    healthy: AtomicBool,
+    pub(super) healthy: AtomicBool,
     drop_when_full: AtomicBool,
     deny_when_down: AtomicBool,
-    dropped: AtomicU64,
-    denied: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) denied: AtomicU64,
     /// Records this process numbered so far (`rec`), kept across writer restarts.
-    numbered: AtomicU64,
+    pub(super) numbered: AtomicU64,
 }
 
 /// The current pipeline, if audit is running.
@@ -245,401 +229,9 @@ impl Pipeline {
         }
     }
 
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         if let Some(t) = self.thread.read().as_ref() {
             t.unpark();
         }
     }
-}
-
-/// A sink's backlog and retry state.
-#[derive(Debug)]
-struct Lane<S, M> {
-    sink: S,
-    backlog: VecDeque<M>,
-    /// When it failed and why, while it is down.
-    down: Option<(u64, String)>,
-    retry_at: Instant,
-    retry_wait: Duration,
-}
-
-impl<S, M> Lane<S, M> {
-    fn new(sink: S) -> Self {
-        Lane {
-            sink,
-            backlog: VecDeque::new(),
-            down: None,
-            retry_at: Instant::now(),
-            retry_wait: RETRY_MIN,
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.down.is_none() || Instant::now() >= self.retry_at
-    }
-
-    /// Notes a failure; returns whether it starts an outage.
-    fn failed(&mut self, e: &io::Error) -> bool {
-        let starts = self.down.is_none();
-        if starts {
-            self.down = Some((now_us(), e.to_string()));
-            self.retry_wait = RETRY_MIN;
-        } else {
-            self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
-        }
-        self.retry_at = Instant::now() + self.retry_wait;
-        starts
-    }
-}
-
-/// The writer's side: sinks, their backlogs, and record numbering.
-#[derive(Debug)]
-pub struct Writer {
-    /// Say nothing in the diagnostic log (the one-record pipeline of a configuration error,
-    /// whose only news is already logged).
-    quiet: bool,
-    /// The app named in the writer's own records (drops, outages).
-    app: &'static str,
-    origin: Origin,
-    syslog: Option<Lane<SyslogSink, (u8, u64, String)>>,
-    file: Option<Lane<FileSink, String>>,
-    /// Backlog length at which the writer stops taking records from the queue while a sink is
-    /// down.
-    cap: usize,
-    /// The configured queue length: the most a slow (not failed) sink may fall behind.
-    queue: usize,
-}
-
-impl Writer {
-    fn from_config(c: &AuditConfig, app: &'static str) -> Result<Writer, String> {
-        let file = match &c.file {
-            Some(path) => {
-                let key_path = c
-                    .key_file
-                    .as_ref()
-                    .ok_or("the audit file needs a key_file")?;
-                let key = AuditKey::load(key_path)?;
-                Some(Lane::new(FileSink::new(
-                    path.get_ref().clone(),
-                    key,
-                    c.fsync,
-                )))
-            }
-            None => None,
-        };
-        Ok(Writer {
-            quiet: false,
-            app,
-            origin: Origin {
-                host: hostname(),
-                pid: std::process::id(),
-            },
-            syslog: c.syslog.then(|| {
-                Lane::new(SyslogSink::new(
-                    c.syslog_socket.clone(),
-                    c.syslog_facility.code(),
-                    c.syslog_format,
-                ))
-            }),
-            file,
-            cap: (*c.queue.get_ref()).max(BACKLOG_MIN),
-            queue: *c.queue.get_ref(),
-        })
-    }
-
-    /// Opens every sink, so that health is known before the first call.
-    fn open_all(&mut self, p: &Pipeline) {
-        if let Some(l) = &mut self.syslog {
-            if let Err(e) = l.sink.open() {
-                if l.failed(&e) && !self.quiet {
-                    log::warn!(
-                        "audit: syslog socket {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
-                }
-            }
-        }
-        if let Some(l) = &mut self.file {
-            if let Err(e) = l.sink.open() {
-                if l.failed(&e) && !self.quiet {
-                    log::warn!(
-                        "audit: file {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
-                }
-            }
-        }
-        self.update_health(p);
-    }
-
-    fn update_health(&self, p: &Pipeline) {
-        let down = self.syslog.as_ref().is_some_and(|l| l.down.is_some())
-            || self.file.as_ref().is_some_and(|l| l.down.is_some());
-        p.healthy.store(!down, Release);
-    }
-
-    fn run(mut self, p: &'static Pipeline) {
-        let mut idle = 0u32;
-        loop {
-            let worked = self.pump(p);
-            if p.stop.load(Acquire) {
-                self.drain(p, Instant::now() + DRAIN_TIMEOUT);
-                return;
-            }
-            if worked {
-                idle = 0;
-                continue;
-            }
-            idle += 1;
-            if idle < IDLE_POLLS || self.is_down() {
-                // Busy, or retrying a sink: poll without making callers wake us.
-                std::thread::park_timeout(if self.is_down() { RETRY_MIN } else { BUSY_POLL });
-                continue;
-            }
-            self.sync_file();
-            p.sleeping.store(true, SeqCst);
-            if p.queue.is_empty() && !p.stop.load(SeqCst) {
-                std::thread::park_timeout(IDLE_WAIT);
-            }
-            p.sleeping.store(false, SeqCst);
-            if let Some(l) = &mut self.syslog {
-                l.sink.trim();
-            }
-        }
-    }
-
-    /// Flushes the file sink to disk when the writer has nothing else to do.
-    fn sync_file(&mut self) {
-        if let Some(l) = &mut self.file {
-            if let Err(e) = l.sink.sync() {
-                if l.failed(&e) && !self.quiet {
-                    log::warn!(
-                        "audit: file {}: {e}; records are kept and retried",
-                        l.sink.path().display()
-                    );
-                }
-            }
-        }
-    }
-
-    fn is_down(&self) -> bool {
-        self.syslog.as_ref().is_some_and(|l| l.down.is_some())
-            || self.file.as_ref().is_some_and(|l| l.down.is_some())
-    }
-
-    /// Writes until the queue and backlogs are empty or `deadline` passes; says what was lost.
-    /// A sink that is down gets one more try, not the whole wait: waiting only helps a sink
-    /// that is working through a backlog.
-    fn drain(&mut self, p: &Pipeline, deadline: Instant) {
-        for lane_retry in [
-            self.syslog.as_mut().map(|l| &mut l.retry_at),
-            self.file.as_mut().map(|l| &mut l.retry_at),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *lane_retry = Instant::now();
-        }
-        while Instant::now() < deadline {
-            self.pump(p);
-            if (p.queue.is_empty() && self.backlog() == 0) || self.is_down() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.sync_file();
-        let lost = p.queue.len() + self.backlog();
-        if lost > 0 && !self.quiet {
-            log::error!(
-                "audit: {lost} record(s) could not be written before the audit trail was \
-                 stopped, and are lost"
-            );
-        }
-    }
-
-    fn backlog(&self) -> usize {
-        self.syslog.as_ref().map_or(0, |l| l.backlog.len())
-            + self.file.as_ref().map_or(0, |l| l.backlog.len())
-    }
-
-    /// Takes records from the queue into the backlogs and writes them; returns whether there
-    /// was anything to do.
-    fn pump(&mut self, p: &Pipeline) -> bool {
-        let mut taken = 0;
-        while taken < BATCH && self.backlog_room() {
-            let Some(r) = p.queue.pop() else { break };
-            self.accept(p, &r);
-            taken += 1;
-        }
-        let dropped = p.dropped.load(Relaxed);
-        if dropped > 0 && !self.is_down() {
-            let n = p.dropped.swap(0, Relaxed);
-            let mut r = Record::note(Event::Dropped, self.app.into());
-            r.count = Some(n);
-            self.accept(p, &r);
-            if !self.quiet {
-                log::warn!("audit: {n} record(s) dropped (queue full)");
-            }
-        }
-        let pending = self.backlog();
-        self.flush(p);
-        taken > 0 || pending > 0
-    }
-
-    /// Whether the writer may take more records from the queue. A sink that is down may fall
-    /// behind by its backlog; one that is only slow (a daemon that reads slowly) by no more than
-    /// the queue itself, so that `on_overflow` takes effect at `queue` records, as configured.
-    fn backlog_room(&self) -> bool {
-        let room = |len: usize, down: bool| len < if down { self.cap } else { self.queue };
-        self.syslog
-            .as_ref()
-            .is_none_or(|l| room(l.backlog.len(), l.down.is_some()))
-            && self
-                .file
-                .as_ref()
-                .is_none_or(|l| room(l.backlog.len(), l.down.is_some()))
-    }
-
-    /// Numbers a record and formats it for each sink.
-    fn accept(&mut self, p: &Pipeline, r: &Record) {
-        let rec = p.numbered.fetch_add(1, Relaxed) + 1;
-        if let Some(l) = &mut self.syslog {
-            let mut kv = KeyValue::default();
-            walk(r, &self.origin, rec, &mut kv);
-            l.backlog.push_back((r.severity(), r.time_us, kv.0));
-        }
-        if let Some(l) = &mut self.file {
-            let mut j = JsonMembers::default();
-            walk(r, &self.origin, rec, &mut j);
-            l.backlog.push_back(j.0);
-        }
-        if let (true, Some((cache, backend)), Some(o)) = (r.forget_object, r.keys, &r.object) {
-            if let Some(was) = &o.info {
-                cache.forget_if(backend, o.handle, was);
-            }
-        }
-    }
-
-    fn flush(&mut self, p: &Pipeline) {
-        let mut recovered: Vec<Record> = Vec::new();
-        if let Some(l) = &mut self.syslog {
-            // A sink that is down is probed even with nothing to write (under "deny" nothing
-            // is queued while it is down), so that calls are admitted again once it is back.
-            if l.due() && (!l.backlog.is_empty() || l.down.is_some()) {
-                let delayed = l.backlog.len() as u64;
-                let mut failure = l.sink.open().err();
-                // In batches of up to SYSLOG_BATCH datagrams, one system call each.
-                while failure.is_none() && !l.backlog.is_empty() {
-                    let batch: Vec<Vec<u8>> = l
-                        .backlog
-                        .iter()
-                        .take(SYSLOG_BATCH)
-                        .map(|(severity, time, text)| {
-                            l.sink.datagram(*severity, *time, &self.origin, text)
-                        })
-                        .collect();
-                    let (sent, error) = l.sink.send_batch(batch);
-                    l.backlog.drain(..sent);
-                    match error {
-                        Some(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            break
-                        }
-                        Some(e) => failure = Some(e),
-                        None if sent == 0 => break,
-                        None => {}
-                    }
-                }
-                l.sink.trim();
-                match failure {
-                    Some(e) => {
-                        if l.failed(&e) && !self.quiet {
-                            log::warn!(
-                                "audit: syslog socket {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
-                        }
-                    }
-                    None => {
-                        if let Some(outage) = l.down.take() {
-                            recovered.push(outage_record(
-                                self.app,
-                                "syslog",
-                                outage,
-                                delayed,
-                                p.denied.swap(0, Relaxed),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(l) = &mut self.file {
-            if l.due() && (!l.backlog.is_empty() || l.down.is_some()) {
-                let batch: Vec<String> = l.backlog.iter().cloned().collect();
-                match l.sink.write(&batch, &self.origin) {
-                    Ok(()) => {
-                        l.backlog.clear();
-                        if let Some(outage) = l.down.take() {
-                            recovered.push(outage_record(
-                                self.app,
-                                "file",
-                                outage,
-                                batch.len() as u64,
-                                p.denied.swap(0, Relaxed),
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        if l.failed(&e) && !self.quiet {
-                            log::warn!(
-                                "audit: file {}: {e}; records are kept and retried",
-                                l.sink.path().display()
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        self.update_health(p);
-        for r in recovered {
-            if !self.quiet {
-                log::info!(
-                    "audit: {} sink is back after an outage; {} record(s) delayed",
-                    r.sink.unwrap_or(""),
-                    r.delayed.unwrap_or(0)
-                );
-            }
-            self.accept(p, &r);
-        }
-    }
-}
-
-fn outage_record(
-    app: &'static str,
-    sink: &'static str,
-    (since, why): (u64, String),
-    delayed: u64,
-    denied: u64,
-) -> Record {
-    let mut r = Record::note(Event::Outage, app.into());
-    r.sink = Some(sink);
-    r.since_us = Some(since);
-    r.delayed = Some(delayed);
-    r.denied = Some(denied);
-    r.msg = Some(why.into_boxed_str());
-    r
-}
-
-/// This host's name, for records (`-` when it has none).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "-".into())
 }
