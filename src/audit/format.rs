@@ -191,51 +191,69 @@ fn number_text(v: u64, buf: &mut String) -> &str {
     buf
 }
 
-/// `key=value` pairs separated by spaces, for syslog.
+/// `key=value` pairs separated by spaces, for syslog, appended to what the string holds
+/// already (a syslog header).
 #[derive(Debug, Default)]
-pub struct KeyValue(pub String);
+pub struct KeyValue {
+    pub text: String,
+    fields: usize,
+}
+
+impl KeyValue {
+    /// Pairs appended after `prefix`.
+    pub fn after(prefix: String) -> KeyValue {
+        KeyValue {
+            text: prefix,
+            fields: 0,
+        }
+    }
+}
 
 impl Fields for KeyValue {
     fn text(&mut self, key: &str, value: &str) {
         self.start(key);
+        // Plain ASCII without separators goes in as it is (checked bytewise: the usual case);
+        // anything else is quoted, with control characters (C0 and C1) escaped.
         let plain = !value.is_empty()
             && value
-                .chars()
-                .all(|c| !c.is_control() && !matches!(c, ' ' | '"' | '=' | '\\'));
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'"' | b'=' | b'\\'));
         if plain {
-            self.0.push_str(value);
+            self.text.push_str(value);
             return;
         }
-        self.0.push('"');
+        self.text.push('"');
         for c in value.chars() {
             match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
+                '"' => self.text.push_str("\\\""),
+                '\\' => self.text.push_str("\\\\"),
                 c if c.is_control() => {
                     let mut bytes = [0u8; 4];
                     for b in c.encode_utf8(&mut bytes).bytes() {
-                        let _ = write!(self.0, "\\x{b:02x}");
+                        self.text.push_str("\\x");
+                        push_hex(&mut self.text, &[b]);
                     }
                 }
-                c => self.0.push(c),
+                c => self.text.push(c),
             }
         }
-        self.0.push('"');
+        self.text.push('"');
     }
 
     fn number(&mut self, key: &str, value: u64) {
         self.start(key);
-        push_u64(&mut self.0, value);
+        push_u64(&mut self.text, value);
     }
 }
 
 impl KeyValue {
     fn start(&mut self, key: &str) {
-        if !self.0.is_empty() {
-            self.0.push(' ');
+        if self.fields > 0 {
+            self.text.push(' ');
         }
-        self.0.push_str(key);
-        self.0.push('=');
+        self.fields += 1;
+        self.text.push_str(key);
+        self.text.push('=');
     }
 }
 
@@ -294,6 +312,28 @@ pub fn rfc3339(micros: u64) -> String {
 /// Appends [`rfc3339`]'s text (records are formatted often: no `format!` machinery).
 pub fn push_rfc3339(out: &mut String, micros: u64) {
     let secs = micros / 1_000_000;
+    // Records come in bursts within one second: the date and time up to the second are
+    // remembered per thread.
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            push_seconds(&mut cached.1, secs);
+            cached.0 = secs;
+        }
+        out.push_str(&cached.1);
+    });
+    out.push('.');
+    push_digits(out, micros % 1_000_000, 6);
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
+fn push_seconds(out: &mut String, secs: u64) {
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     push_digits(out, y.max(0) as u64, 4);
@@ -307,9 +347,6 @@ pub fn push_rfc3339(out: &mut String, micros: u64) {
     push_digits(out, rest / 60 % 60, 2);
     out.push(':');
     push_digits(out, rest % 60, 2);
-    out.push('.');
-    push_digits(out, micros % 1_000_000, 6);
-    out.push('Z');
 }
 
 /// Appends `v` with at least `width` digits (zero-padded).
@@ -428,7 +465,7 @@ mod tests {
         let mut kv = KeyValue::default();
         walk(&sample(), &origin(), 17, &mut kv);
         assert_eq!(
-            kv.0,
+            kv.text,
             "event=call time=2026-11-28T23:06:01.123456Z host=vault1 pid=4242 rec=17 \
              app=vault-1 fn=C_Encrypt rv=CKR_OK us=41 session=262145 mech=CKM_AES_GCM key=2 \
              key_label=\"my \\\"key\\\"\\x0a fn=C_Login\" key_id=3132 \
@@ -458,9 +495,9 @@ mod tests {
         let mut kv = KeyValue::default();
         walk(&r, &origin(), 1, &mut kv);
         assert!(
-            kv.0.ends_with("app=\"\" rv=0x80000001 mech=0x80001234"),
+            kv.text.ends_with("app=\"\" rv=0x80000001 mech=0x80001234"),
             "{}",
-            kv.0
+            kv.text
         );
     }
 }

@@ -76,7 +76,8 @@ pub struct Writer {
     /// The app named in the writer's own records (drops, outages).
     app: &'static str,
     origin: Origin,
-    syslog: Option<Lane<SyslogSink, (u8, u64, String)>>,
+    /// Syslog's backlog holds finished datagrams.
+    syslog: Option<Lane<SyslogSink, Vec<u8>>>,
     file: Option<Lane<FileSink, String>>,
     /// Backlog length at which the writer stops taking records from the queue while a sink is
     /// down.
@@ -279,12 +280,13 @@ impl Writer {
     fn accept(&mut self, p: &Pipeline, r: &Record) {
         let rec = p.numbered.fetch_add(1, Relaxed) + 1;
         if let Some(l) = &mut self.syslog {
-            let mut kv = KeyValue::default();
+            let header = l.sink.header(r.severity(), r.time_us, &self.origin);
+            let mut kv = KeyValue::after(header);
             walk(r, &self.origin, rec, &mut kv);
-            l.backlog.push_back((r.severity(), r.time_us, kv.0));
+            l.backlog.push_back(kv.text.into_bytes());
         }
         if let Some(l) = &mut self.file {
-            let mut j = JsonMembers::default();
+            let mut j = JsonMembers(String::with_capacity(640));
             walk(r, &self.origin, rec, &mut j);
             l.backlog.push_back(j.0);
         }
@@ -305,16 +307,7 @@ impl Writer {
                 let mut failure = l.sink.open().err();
                 // In batches of up to SYSLOG_BATCH datagrams, one system call each.
                 while failure.is_none() && !l.backlog.is_empty() {
-                    let batch: Vec<Vec<u8>> = l
-                        .backlog
-                        .iter()
-                        .take(SYSLOG_BATCH)
-                        .map(|(severity, time, text)| {
-                            l.sink.datagram(*severity, *time, &self.origin, text)
-                        })
-                        .collect();
-                    let (sent, error) = l.sink.send_batch(batch);
-                    l.backlog.drain(..sent);
+                    let (sent, error) = l.sink.send_from(&mut l.backlog, SYSLOG_BATCH);
                     match error {
                         Some(e)
                             if matches!(
