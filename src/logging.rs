@@ -181,29 +181,16 @@ pub fn rfc3339_utc(t: std::time::Duration) -> String {
     )
 }
 
-/// `Nov 28 21:48:09` (UTC), the timestamp form the local syslog socket expects.
+/// The traditional syslog timestamp of a Unix time (shared with the audit trail's).
 fn rfc3164_time(secs: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (_, mo, d, h, mi, s) = civil(secs);
-    format!("{} {d:2} {h:02}:{mi:02}:{s:02}", MONTHS[(mo - 1) as usize])
+    crate::audit::format::rfc3164_time(secs.saturating_mul(1_000_000))
 }
 
 /// Seconds since the epoch to (year, month, day, hour, minute, second) in UTC, by the
 /// days-to-civil calendar computation (proleptic Gregorian).
 fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::audit::format::civil_from_days((secs / 86_400) as i64);
     (
         year,
         month,

@@ -28,6 +28,21 @@ pub enum OpKind {
 }
 
 const KINDS: usize = 9;
+
+impl OpKind {
+    /// Every kind, in table order.
+    pub const ALL: [OpKind; KINDS] = [
+        OpKind::Encrypt,
+        OpKind::Decrypt,
+        OpKind::Sign,
+        OpKind::Verify,
+        OpKind::Digest,
+        OpKind::MessageEncrypt,
+        OpKind::MessageDecrypt,
+        OpKind::MessageSign,
+        OpKind::MessageVerify,
+    ];
+}
 const CHUNK_BITS: u32 = 10;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 const CHUNKS: usize = MAX_SESSIONS.div_ceil(CHUNK_LEN);
@@ -153,24 +168,13 @@ impl Operations {
 
     /// Ends every operation of a session, returning those that were open (`C_CloseSession`).
     pub fn end_all(&self, session: usize) -> Vec<(OpKind, Totals)> {
-        use OpKind::*;
-        [
-            Encrypt,
-            Decrypt,
-            Sign,
-            Verify,
-            Digest,
-            MessageEncrypt,
-            MessageDecrypt,
-            MessageSign,
-            MessageVerify,
-        ]
-        .into_iter()
-        .filter_map(|k| {
-            let t = self.end(session, k);
-            t.mechanism.map(|_| (k, t))
-        })
-        .collect()
+        OpKind::ALL
+            .into_iter()
+            .filter_map(|k| {
+                let t = self.end(session, k);
+                t.mechanism.map(|_| (k, t))
+            })
+            .collect()
     }
 }
 
