@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -36,22 +36,8 @@ pub struct Client {
 impl Client {
     /// Starts `scenario` with exactly `env` (plus PATH).
     pub fn start(scenario: &str, env: &[(String, String)]) -> Client {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.env_clear();
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .env(CHILD_VAR, scenario)
-            .args([
-                "--exact",
-                "child_process",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .stdin(Stdio::piped())
+        let mut cmd = crate::common::child_test_command(CHILD_VAR, scenario, env);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn child");

@@ -141,3 +141,25 @@ pub fn in_process(env: &[(String, String)]) -> MutexGuard<'static, ()> {
     }
     guard
 }
+
+/// A command that runs this test binary again as a child for one scenario: only the ignored
+/// test `child_process` runs, with exactly `env` (plus PATH) and `var=scenario` telling it
+/// which scenario to play.
+pub fn child_test_command(var: &str, scenario: &str, env: &[(String, String)]) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env(var, scenario)
+        .args([
+            "--exact",
+            "child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+    cmd
+}

@@ -278,22 +278,7 @@ pub fn hash_pin(pin: &str) -> String {
 }
 
 fn child_command(scenario: &str, env: &[(String, String)]) -> Command {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)))
-        .env(CHILD_VAR, scenario)
-        .args([
-            "--exact",
-            "child_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-    cmd
+    crate::common::child_test_command(CHILD_VAR, scenario, env)
 }
 
 /// How long a child scenario may take before it is killed (they take well under a second).
