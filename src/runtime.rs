@@ -290,7 +290,8 @@ pub fn finalize() -> Result<()> {
     }
     let rt = RUNTIMES[state - 1].get().ok_or(Error::NotInitialized)?;
     let started = now_us();
-    rt.router.close_everything();
+    let closed = rt.router.close_everything();
+    audit_ended_by_finalize(rt, &closed, started);
     let mut result = Ok(());
     for backend in rt.router.backends() {
         if let Err(e) = backend.finalize() {
@@ -309,6 +310,35 @@ pub fn finalize() -> Result<()> {
     STATE.store(NOT_INITIALIZED, Ordering::Release);
     log::info!("finalised");
     result
+}
+
+/// Operations still open in the sessions `C_Finalize` closed are written, ended by it.
+fn audit_ended_by_finalize(
+    rt: &'static Runtime,
+    closed: &[(CK_SESSION_HANDLE, crate::router::sessions::SessionRoute)],
+    started: u64,
+) {
+    let entries = rt.router.slot_entries();
+    let backends = rt.router.backends();
+    for (handle, route) in closed {
+        let (Some(entry), Some(backend)) =
+            (entries.get(route.slot_index), backends.get(route.backend))
+        else {
+            continue;
+        };
+        let like = Record {
+            time_us: started,
+            app: rt.router.app().into(),
+            slot: Some(audit::record::SlotRef {
+                id: route.slot,
+                upstream: backend.name(),
+                entry,
+            }),
+            keys: Some((&rt.audit.keys, route.backend)),
+            ..Record::default()
+        };
+        rt.audit.end_open_operations(&like, *handle, "finalize");
+    }
 }
 
 /// An audit record for `C_Initialize` / `C_Finalize`.

@@ -280,3 +280,106 @@ fn without_os_threads_records_are_written_on_the_calling_thread() {
     assert_eq!(records(&audit).last().unwrap()["event"], "finalize");
     verify(&audit, &key);
 }
+
+#[test]
+fn operations_left_open_are_written_when_their_sessions_close() {
+    use pkcs11_sys::*;
+    let hsm = SoftHsm::new();
+    hsm.init_token("open-ops");
+    let dir = hsm.dir();
+    let key = keygen(dir);
+    let audit = dir.join("audit.jsonl");
+    let mut env = hsm.gate_env();
+    env.push(("P11GATE_AUDIT".into(), format!("file:{}", audit.display())));
+    env.push(("P11GATE_AUDIT_KEY".into(), key.display().to_string()));
+    let _guard = common::in_process(&env);
+
+    // SAFETY: the built module exports the PKCS#11 API; every call below passes valid
+    // pointers for its duration, as the spec requires.
+    unsafe {
+        let lib = libloading::Library::new(common::module()).unwrap();
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV> =
+            lib.get(b"C_GetFunctionList").unwrap();
+        let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        assert_eq!(get(&mut list), CKR_OK);
+        let f = &*list;
+        assert_eq!(f.C_Initialize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        let mut slots = [0 as CK_SLOT_ID; 4];
+        let mut count: CK_ULONG = 4;
+        assert_eq!(
+            f.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut count),
+            CKR_OK
+        );
+        let open = || {
+            let mut s: CK_SESSION_HANDLE = 0;
+            assert_eq!(
+                f.C_OpenSession.unwrap()(
+                    slots[0],
+                    CKF_SERIAL_SESSION,
+                    std::ptr::null_mut(),
+                    None,
+                    &mut s
+                ),
+                CKR_OK
+            );
+            s
+        };
+        let digest_open = |s: CK_SESSION_HANDLE, data: &[u8]| {
+            let mut m = CK_MECHANISM {
+                mechanism: CKM_SHA256,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            assert_eq!(f.C_DigestInit.unwrap()(s, &mut m), CKR_OK);
+            assert_eq!(
+                f.C_DigestUpdate.unwrap()(s, data.as_ptr() as *mut u8, data.len() as CK_ULONG),
+                CKR_OK
+            );
+        };
+        let (a, b, c) = (open(), open(), open());
+        digest_open(a, &PLAINTEXT[..7]);
+        digest_open(b, &PLAINTEXT[..11]);
+        digest_open(c, &PLAINTEXT[..13]);
+        assert_eq!(f.C_CloseSession.unwrap()(a), CKR_OK);
+        let keep = open();
+        // C_CloseAllSessions closes b, c and keep; then one more for C_Finalize.
+        assert_eq!(f.C_CloseAllSessions.unwrap()(slots[0]), CKR_OK);
+        let _ = keep;
+        let d = open();
+        digest_open(d, &PLAINTEXT[..17]);
+        assert_eq!(f.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
+    }
+    std::env::remove_var("P11GATE_AUDIT");
+    std::env::remove_var("P11GATE_AUDIT_KEY");
+
+    let recs = records(&audit);
+    let ended: Vec<(u64, &str, &str)> = recs
+        .iter()
+        .filter(|r| r.get("ended").is_some())
+        .map(|r| {
+            assert_eq!(r["fn"], "C_DigestInit", "{r}");
+            assert_eq!(r["mech"], "CKM_SHA256", "{r}");
+            assert_eq!(r["rv"], "CKR_OK", "{r}");
+            assert_eq!(r["parts"], 1, "{r}");
+            assert_eq!(r["out"], 0, "{r}");
+            (
+                r["in"].as_u64().unwrap(),
+                r["ended"].as_str().unwrap(),
+                r["fn"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        vec![
+            (7, "session_closed", "C_DigestInit"),
+            (11, "session_closed", "C_DigestInit"),
+            (13, "session_closed", "C_DigestInit"),
+            (17, "finalize", "C_DigestInit"),
+        ],
+        "{recs:#?}"
+    );
+    // The finalize-ended record comes before the finalize record itself.
+    assert_eq!(recs.last().unwrap()["event"], "finalize");
+    verify(&audit, &key);
+}

@@ -65,6 +65,45 @@ impl Auditor {
     fn finds(&self, session: usize) -> &Mutex<HashMap<usize, Arc<KeyInfo>>> {
         &self.finds[session % FIND_SHARDS]
     }
+
+    /// Writes a record for each operation `session` still had open, ended by `why`
+    /// (`session_closed`, `finalize`); `like` gives the time, app, slot and key cache.
+    pub fn end_open_operations(
+        &self,
+        like: &Record,
+        session: CK_SESSION_HANDLE,
+        why: &'static str,
+    ) {
+        let index = crate::router::sessions::entry_index(session);
+        self.finds(index).lock().remove(&index);
+        let Some(p) = pipeline::current() else {
+            self.ops.end_all(index);
+            return;
+        };
+        for (kind, t) in self.ops.end_all(index) {
+            p.submit(Record {
+                event: record::Event::Call,
+                time_us: like.time_us,
+                app: like.app.clone(),
+                function: Some(kind.init_function()),
+                rv: Some(CKR_OK),
+                duration_us: Some(t.micros),
+                slot: like.slot,
+                session: Some(session),
+                mechanism: t.mechanism,
+                key: Some(ObjectRef {
+                    handle: t.key,
+                    info: None,
+                }),
+                bytes_in: Some(t.bytes_in),
+                bytes_out: Some(t.bytes_out),
+                parts: Some(t.parts),
+                keys: like.keys,
+                ended: Some(why),
+                ..Record::default()
+            });
+        }
+    }
 }
 
 /// Whether, and how, a call becomes a record.
@@ -356,33 +395,28 @@ impl Call {
 
     /// `C_CloseSession`: operations still open are written, ended by the closing.
     pub fn session_closing(&mut self) {
-        let (Some(p), Some((session, _))) = (self.pipeline, self.session) else {
+        if let (Some(_), Some(handle)) = (self.pipeline, self.record.session) {
+            self.auditor
+                .end_open_operations(&self.record, handle, "session_closed");
+        }
+    }
+
+    /// `C_CloseAllSessions`: the same for each session it closed (`record` has their slot).
+    pub fn sessions_closed(&mut self, handles: &[CK_SESSION_HANDLE], backend: usize) {
+        if self.pipeline.is_none() {
             return;
-        };
-        self.auditor.finds(session).lock().remove(&session);
-        for (kind, t) in self.auditor.ops.end_all(session) {
-            let mut r = Record {
+        }
+        self.record.keys = Some((&self.auditor.keys, backend));
+        for &h in handles {
+            let mut like = Record {
                 time_us: self.record.time_us,
                 app: self.record.app.clone(),
-                function: Some(kind.init_function()),
-                rv: Some(CKR_OK),
-                duration_us: Some(t.micros),
                 slot: self.record.slot,
-                session: self.record.session,
-                mechanism: t.mechanism,
-                key: Some(ObjectRef {
-                    handle: t.key,
-                    info: None,
-                }),
-                bytes_in: Some(t.bytes_in),
-                bytes_out: Some(t.bytes_out),
-                parts: Some(t.parts),
                 keys: self.record.keys,
-                ended: Some("session_closed"),
                 ..Record::default()
             };
-            r.event = record::Event::Call;
-            p.submit(r);
+            like.session = Some(h);
+            self.auditor.end_open_operations(&like, h, "session_closed");
         }
     }
 

@@ -294,12 +294,18 @@ impl Router {
 
     /// `C_CloseAllSessions`. For a mapped slot only this app's sessions on it are closed, one by
     /// one: the upstream slot may also serve other virtual slots.
-    pub fn close_all_sessions(&self, slot_id: CK_SLOT_ID) -> Result<()> {
+    /// The virtual handles of the sessions closed are added to `closed` (for the audit trail),
+    /// whatever the result.
+    pub fn close_all_sessions(
+        &self,
+        slot_id: CK_SLOT_ID,
+        closed: &mut Vec<CK_SESSION_HANDLE>,
+    ) -> Result<()> {
         let (index, entry) = self.entry(slot_id)?;
         if entry.is_passthrough() {
             let backend = self.backend_of(entry);
             backend.close_all_sessions(slot_id)?;
-            self.sessions.remove_where(|r| r.slot == slot_id);
+            closed.extend(self.sessions.remove_where(|r| r.slot == slot_id));
             return Ok(());
         }
         let backend = self.backend_of(entry);
@@ -319,7 +325,7 @@ impl Router {
                 }
             }
         }
-        self.sessions.remove_where(|r| r.slot_index == index);
+        closed.extend(self.sessions.remove_where(|r| r.slot_index == index));
         result
     }
 
@@ -475,9 +481,11 @@ impl Router {
         Ok(())
     }
 
-    /// Closes every session still open and wipes credentials (C_Finalize).
-    pub fn close_everything(&self) {
-        for route in self.sessions.open_routes() {
+    /// Closes every session still open and wipes credentials (C_Finalize); returns the virtual
+    /// handles of the sessions it closed, with their routes (for the audit trail).
+    pub fn close_everything(&self) -> Vec<(CK_SESSION_HANDLE, SessionRoute)> {
+        let open = self.sessions.open_sessions();
+        for (_, route) in &open {
             if let Some(b) = self.backends.get(route.backend) {
                 let _ = b.close_session(route.handle);
             }
@@ -487,6 +495,7 @@ impl Router {
             e.drop_credential();
             e.forget_location();
         }
+        open
     }
 
     /// Forgets every session without calling a backend (a child after `fork()`, whose

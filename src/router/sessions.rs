@@ -242,21 +242,27 @@ impl SessionTable {
         removed
     }
 
-    /// Every open session, for C_Finalize.
+    /// Every open session.
     pub fn open_routes(&self) -> Vec<SessionRoute> {
-        let mut routes = Vec::new();
+        self.open_sessions().into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Every open session with its virtual handle, for C_Finalize.
+    pub fn open_sessions(&self) -> Vec<(CK_SESSION_HANDLE, SessionRoute)> {
+        let mut open = Vec::new();
         for index in 0..self.used.load(Ordering::Acquire) {
             let Some(entry) = self.entry(index) else {
                 continue;
             };
             let state = entry.state.load(Ordering::Acquire);
             if state & FLAGS == OPEN {
-                if let Ok(r) = self.get(handle_of(state, index)) {
-                    routes.push(r);
+                let handle = handle_of(state, index);
+                if let Ok(r) = self.get(handle) {
+                    open.push((handle, r));
                 }
             }
         }
-        routes
+        open
     }
 }
 

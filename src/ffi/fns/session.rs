@@ -71,10 +71,16 @@ pub unsafe extern "C" fn C_CloseAllSessions(slotID: CK_SLOT_ID) -> CK_RV {
         "C_CloseAllSessions",
         || format!("slotID={slotID:#x}"),
         |rt, call| {
-            if let Some((entry, upstream)) = rt.router.slot_ref(slotID) {
+            let backend = rt.router.slot_ref(slotID).map(|(entry, upstream)| {
                 call.slot(slotID, upstream, entry);
+                entry.backend
+            });
+            let mut closed = Vec::new();
+            let result = rt.router.close_all_sessions(slotID, &mut closed);
+            if let Some(backend) = backend {
+                call.sessions_closed(&closed, backend);
             }
-            rt.router.close_all_sessions(slotID)
+            result
         },
     )
 }
