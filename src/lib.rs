@@ -29,3 +29,4 @@ pub mod names;
 pub mod policy;
 pub mod router;
 pub mod runtime;
+pub mod soft;

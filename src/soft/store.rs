@@ -1,0 +1,1 @@
+//! The soft token's on-disk store. TO BE WRITTEN (helper).
