@@ -1,1 +1,1 @@
-//! The soft token's on-disk store. TO BE WRITTEN (helper).
+//! The soft token's on-disk store. Placeholder until it is written.
