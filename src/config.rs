@@ -56,6 +56,8 @@ pub mod env {
     pub const LOG_LEVEL: &str = "P11GATE_LOG_LEVEL";
     pub const AUDIT: &str = "P11GATE_AUDIT";
     pub const AUDIT_KEY: &str = "P11GATE_AUDIT_KEY";
+    pub const HOME: &str = "P11GATE_HOME";
+    pub const NUM_SLOTS: &str = "P11GATE_NUM_SLOTS";
 }
 
 /// The whole configuration, after environment overrides.
@@ -80,6 +82,53 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The built-in soft token, served when no upstream is configured.
+    #[serde(default)]
+    pub soft_token: SoftTokenConfig,
+}
+
+/// `[soft_token]`: where the built-in soft tokens live and how many slots there are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoftTokenConfig {
+    /// The directory holding one sub-directory per token (`P11GATE_HOME`; default
+    /// `$XDG_DATA_HOME/p11gate`, else `~/.local/share/p11gate`).
+    pub home: Option<PathBuf>,
+    /// How many slots (tokens) there are (`P11GATE_NUM_SLOTS`, default 1).
+    pub slots: usize,
+    /// Wrong PINs in a row before a PIN is locked.
+    pub max_pin_failures: u32,
+}
+
+impl Default for SoftTokenConfig {
+    fn default() -> Self {
+        SoftTokenConfig {
+            home: None,
+            slots: 1,
+            max_pin_failures: 10,
+        }
+    }
+}
+
+impl SoftTokenConfig {
+    /// The token directories, one per slot: `<home>/token<N>`.
+    pub fn token_dirs(&self) -> Vec<PathBuf> {
+        let home = self.home.clone().unwrap_or_else(default_soft_home);
+        (0..self.slots)
+            .map(|n| home.join(format!("token{n}")))
+            .collect()
+    }
+}
+
+/// `$XDG_DATA_HOME/p11gate`, else `$HOME/.local/share/p11gate`, else `/var/lib/p11gate`.
+pub fn default_soft_home() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("p11gate");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/p11gate"),
+        None => PathBuf::from("/var/lib/p11gate"),
+    }
 }
 
 /// `[audit]`: where audit records go and what happens when they cannot.
@@ -600,11 +649,23 @@ impl Config {
                 env::AUDIT_KEY
             )));
         }
-        if config.upstreams.is_empty() {
+        if let Some(home) = getenv(env::HOME).filter(|s| !s.is_empty()) {
+            config.soft_token.home = Some(PathBuf::from(home));
+        }
+        if let Some(n) = getenv(env::NUM_SLOTS).filter(|s| !s.is_empty()) {
+            config.soft_token.slots = match n.trim().parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => n,
+                _ => {
+                    return Err(Error::setup(format!(
+                        "{}={n:?} is not a number of slots from 1 to 64",
+                        env::NUM_SLOTS
+                    )))
+                }
+            };
+        }
+        if config.upstreams.is_empty() && !config.slots.is_empty() {
             return Err(Error::setup(format!(
-                "no upstream configured: set {} to a PKCS#11 module, or add an [[upstream]] with a path to {} \
-                 (this build has no built-in soft token yet)",
-                env::UPSTREAM,
+                "{}: [[slot]] entries need an [[upstream]] to map onto",
                 source.path().display()
             )));
         }
@@ -1139,13 +1200,26 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("P11GATE_LOG_LEVEL=\"loud\""), "{e}");
-        let e = Config::discover(env_of(&[("P11GATE_CONFIG", "/nonexistent/p.toml")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("no upstream configured: set P11GATE_UPSTREAM"),
-            "{e}"
+        // Nothing configured: the soft token, in P11GATE_HOME with P11GATE_NUM_SLOTS slots.
+        let (c, _) = Config::discover(env_of(&[
+            ("P11GATE_CONFIG", "/nonexistent/p.toml"),
+            ("P11GATE_HOME", "/srv/tokens"),
+            ("P11GATE_NUM_SLOTS", "2"),
+        ]))
+        .unwrap();
+        assert!(c.upstreams.is_empty());
+        assert_eq!(
+            c.soft_token.token_dirs(),
+            vec![
+                PathBuf::from("/srv/tokens/token0"),
+                PathBuf::from("/srv/tokens/token1")
+            ]
         );
-        assert!(e.contains("/nonexistent/p.toml"), "{e}");
+        let e = Config::discover(env_of(&[
+            ("P11GATE_CONFIG", "/nonexistent/p.toml"),
+            ("P11GATE_NUM_SLOTS", "0"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("P11GATE_NUM_SLOTS=\"0\""), "{e}");
     }
 }

@@ -207,6 +207,20 @@ fn runtime_for(config: &Config, app: &App) -> Result<usize> {
 
 /// Loads the upstreams the app's slots use and lays out its slots.
 fn build_router(config: &Config, app: &App) -> Result<Router> {
+    if config.upstreams.is_empty() {
+        // Nothing configured: the built-in soft token, its slots passed through.
+        let soft = crate::soft::backend::SoftBackend::new(
+            "soft",
+            config.soft_token.token_dirs(),
+            config.soft_token.max_pin_failures,
+        );
+        let entry = SlotEntry::new(0, 0, None, crate::policy::SlotPolicy::default(), None);
+        return Ok(Router::new(
+            app.name.clone(),
+            vec![Box::new(soft)],
+            vec![entry],
+        ));
+    }
     if config.slots.is_empty() {
         // Passthrough: the one upstream's slots, unchanged (Config::parse allows one only).
         let upstream = Upstream::load(&config.upstreams[0])?;

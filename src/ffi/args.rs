@@ -122,6 +122,13 @@ impl<'a, T: Copy> OutBuf<'a, T> {
         }
     }
 
+    /// Answers with a length only: the length needed, for a length query or a buffer that is
+    /// too small (the caller then gets `CKR_BUFFER_TOO_SMALL` from the backend).
+    pub fn put_len(&mut self, needed: CK_ULONG) -> Result<()> {
+        *self.len = needed;
+        Ok(())
+    }
+
     /// The caller's pointers as passed, for forwarding.
     pub fn as_raw(&mut self) -> (*mut T, *mut CK_ULONG) {
         (self.ptr, self.len as *mut CK_ULONG)
@@ -244,6 +251,24 @@ impl<'a> Template<'a> {
         Some(CK_ULONG::from_ne_bytes(bytes))
     }
 
+    /// Every attribute as (type, value); the value is `None` for a NULL `pValue`.
+    pub fn entries(&self) -> Vec<(CK_ATTRIBUTE_TYPE, Option<&[u8]>)> {
+        self.attributes()
+            .iter()
+            .map(|a| {
+                let v = if a.pValue.is_null() || a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                    None
+                } else {
+                    // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.
+                    Some(unsafe {
+                        std::slice::from_raw_parts(a.pValue as *const u8, a.ulValueLen as usize)
+                    })
+                };
+                (a.type_, v)
+            })
+            .collect()
+    }
+
     /// The value of the attribute of type `ty`, if present with a non-NULL value.
     pub fn value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
         let a = self.attributes().iter().find(|a| a.type_ == ty)?;
@@ -253,6 +278,37 @@ impl<'a> Template<'a> {
         }
         // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.
         Some(unsafe { std::slice::from_raw_parts(a.pValue as *const u8, a.ulValueLen as usize) })
+    }
+
+    /// Answers attribute `i` of a `C_GetAttributeValue` template by the spec's rules (2.40
+    /// §5.7): `None` sets `CK_UNAVAILABLE_INFORMATION`; a NULL `pValue` gets the length; a
+    /// buffer too small gets `CK_UNAVAILABLE_INFORMATION` and `false` is returned.
+    pub fn answer(&mut self, i: usize, value: Option<&[u8]>) -> bool {
+        if self.ptr.is_null() || i >= self.count as usize {
+            return false;
+        }
+        // SAFETY: `i < count` attributes at `ptr`, valid and writable for 'a per `new`'s
+        // contract (C_GetAttributeValue's template is the caller's to be written).
+        let a = unsafe { &mut *self.ptr.add(i) };
+        let Some(value) = value else {
+            a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return true;
+        };
+        if a.pValue.is_null() {
+            a.ulValueLen = value.len() as CK_ULONG;
+            return true;
+        }
+        if (a.ulValueLen as usize) < value.len() {
+            a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return false;
+        }
+        // SAFETY: pValue has room for ulValueLen >= value.len() bytes (the caller's buffer),
+        // which cannot overlap p11gate's own `value`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(value.as_ptr(), a.pValue as *mut u8, value.len());
+        }
+        a.ulValueLen = value.len() as CK_ULONG;
+        true
     }
 
     pub fn as_ptr(&self) -> *mut CK_ATTRIBUTE {
@@ -368,6 +424,83 @@ impl<'a> Mechanism<'a> {
     pub fn as_ptr(&self) -> *mut CK_MECHANISM {
         self.raw as *const CK_MECHANISM as *mut CK_MECHANISM
     }
+
+    /// The parameter block as bytes (empty without one): an IV, for CBC.
+    pub fn parameter_bytes(&self) -> &'a [u8] {
+        if self.raw.pParameter.is_null() || self.raw.ulParameterLen == 0 {
+            return &[];
+        }
+        // SAFETY: a CK_MECHANISM's pParameter points to ulParameterLen readable bytes
+        // (PKCS#11 2.40 §3.6), valid as long as the mechanism itself ('a).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.raw.pParameter as *const u8,
+                self.raw.ulParameterLen as usize,
+            )
+        }
+    }
+
+    /// The parameter block as a `T`, when it is exactly that size.
+    fn parameter_as<T: Copy>(&self) -> Result<T> {
+        let bytes = self.parameter_bytes();
+        if bytes.len() != std::mem::size_of::<T>() {
+            return Err(Error::Backend(CKR_MECHANISM_PARAM_INVALID));
+        }
+        // SAFETY: `bytes` holds exactly size_of::<T>() bytes of the caller's parameter block;
+        // read_unaligned copes with any alignment, and T is a plain C struct of integers and
+        // pointers, valid for any bit pattern.
+        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+    }
+
+    /// `CK_GCM_PARAMS`: (IV, additional data, tag bits), copied.
+    pub fn gcm_params(&self) -> Result<(Vec<u8>, Vec<u8>, CK_ULONG)> {
+        let p: CK_GCM_PARAMS = self.parameter_as()?;
+        // SAFETY: the caller's CK_GCM_PARAMS points to ulIvLen IV bytes and ulAADLen additional
+        // bytes (or NULL with a zero length), valid for the duration of the call.
+        let (iv, aad) = unsafe {
+            (
+                caller_bytes(p.pIv, p.ulIvLen)?,
+                caller_bytes(p.pAAD, p.ulAADLen)?,
+            )
+        };
+        Ok((iv, aad, p.ulTagBits))
+    }
+
+    /// `CK_RSA_PKCS_OAEP_PARAMS`: (hash, MGF, label), copied.
+    pub fn oaep_params(&self) -> Result<(CK_MECHANISM_TYPE, CK_RSA_PKCS_MGF_TYPE, Vec<u8>)> {
+        let p: CK_RSA_PKCS_OAEP_PARAMS = self.parameter_as()?;
+        let label = if p.source == CKZ_DATA_SPECIFIED {
+            // SAFETY: with CKZ_DATA_SPECIFIED, pSourceData points to ulSourceDataLen bytes (or
+            // is NULL with a zero length), valid for the duration of the call.
+            unsafe { caller_bytes(p.pSourceData as *const u8, p.ulSourceDataLen)? }
+        } else if p.source == 0 && p.ulSourceDataLen == 0 {
+            Vec::new()
+        } else {
+            return Err(Error::Backend(CKR_MECHANISM_PARAM_INVALID));
+        };
+        Ok((p.hashAlg, p.mgf, label))
+    }
+
+    /// `CK_RSA_PKCS_PSS_PARAMS`: (hash, MGF, salt length).
+    pub fn pss_params(&self) -> Result<(CK_MECHANISM_TYPE, CK_RSA_PKCS_MGF_TYPE, CK_ULONG)> {
+        let p: CK_RSA_PKCS_PSS_PARAMS = self.parameter_as()?;
+        Ok((p.hashAlg, p.mgf, p.sLen))
+    }
+}
+
+/// Copies `len` bytes the caller gave at `ptr` (NULL only with a zero length).
+///
+/// # Safety
+/// `ptr` is NULL or points to `len` readable bytes.
+unsafe fn caller_bytes(ptr: *const u8, len: CK_ULONG) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(Error::Backend(CKR_MECHANISM_PARAM_INVALID));
+    }
+    // SAFETY: `len` readable bytes at `ptr`, per this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len as usize) }.to_vec())
 }
 
 /// A 3.0 message parameter block (`pParameter`, `ulParameterLen`), forwarded as given: its

@@ -5,5 +5,8 @@
 //! - [`store`]: one directory per token: authenticated, encrypted-at-rest records written
 //!   atomically and durably, shared by several processes under file locks.
 
+pub mod backend;
 pub mod crypto;
+pub mod meta;
+pub mod object;
 pub mod store;

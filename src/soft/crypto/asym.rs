@@ -5,7 +5,7 @@
 use pkcs11_sys::*;
 use zeroize::Zeroizing;
 
-use super::{CipherOp, CkResult, DigestOp, KeyRef, Params, SignOp};
+use super::{CipherOp, CkResult, KeyRef, Params, SignOp};
 
 pub fn cipher(
     mechanism: CK_MECHANISM_TYPE,

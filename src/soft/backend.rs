@@ -1,0 +1,1486 @@
+//! The soft token as a [`Backend`]: slots, tokens, sessions, objects and operations.
+//!
+//! One [`Token`] per slot, each on its own [`Store`] directory. Token objects live in the store
+//! and in a per-process cache that is reloaded when another process changed the store (one
+//! cheap `generation()` check per search or cache miss); session objects live in memory only.
+//! Private token objects stay sealed until the user logs in; the login state is the process's,
+//! shared by all its sessions, as PKCS#11 says.
+//!
+//! Object handles: a token object's handle is its store id (the same in every process); session
+//! objects get handles from `SESSION_OBJECT_BASE` up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use pkcs11_sys::*;
+use zeroize::Zeroizing;
+
+use super::crypto::{self, CipherOp, DigestOp, Params, SignOp};
+use super::meta::{self, Meta};
+use super::object::{Object, Origin};
+use super::store::{open_sealed, seal, Store, StoreError};
+use crate::backend::{Backend, Capabilities, InitArgs};
+use crate::error::{Error, Result};
+use crate::ffi::args::{InBuf, Mechanism, MutBuf, OutBuf, Template};
+
+type S = CK_SESSION_HANDLE;
+type O = CK_OBJECT_HANDLE;
+
+/// Handles of session objects start here (token objects use their store ids, far below).
+const SESSION_OBJECT_BASE: O = 0x4000_0000;
+/// Wrong PINs in a row before a PIN is locked.
+pub const DEFAULT_MAX_PIN_FAILURES: u32 = 10;
+const MIN_PIN: usize = 4;
+const MAX_PIN: usize = 255;
+
+fn rv(code: CK_RV) -> Error {
+    Error::Backend(code)
+}
+
+fn store_error(e: StoreError) -> Error {
+    log::error!("soft token: {e}");
+    rv(CKR_DEVICE_ERROR)
+}
+
+/// What one process knows of one token.
+#[derive(Debug, Default)]
+struct TokenState {
+    meta: Meta,
+    /// The store generation the cache reflects (None: never loaded).
+    generation: Option<u64>,
+    /// Token objects readable now (public ones; private ones once the user is logged in).
+    objects: HashMap<O, Arc<Object>>,
+    /// Private token objects still sealed (not logged in).
+    sealed: HashMap<O, Vec<u8>>,
+    /// Session objects, with the session that made them.
+    session_objects: HashMap<O, (S, Arc<Object>)>,
+    login: Option<CK_USER_TYPE>,
+    token_key: Option<Zeroizing<[u8; 32]>>,
+}
+
+#[derive(Debug)]
+struct Token {
+    dir: PathBuf,
+    store: RwLock<Option<Arc<Store>>>,
+    state: RwLock<TokenState>,
+}
+
+/// An operation in progress on a session.
+enum Op {
+    Cipher(Box<dyn CipherOp>),
+    Sign(Box<dyn SignOp>),
+    Digest(Box<dyn DigestOp>),
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Cipher(_) => "Cipher",
+            Op::Sign(_) => "Sign",
+            Op::Digest(_) => "Digest",
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    slot: usize,
+    rw: bool,
+    find: Option<Vec<O>>,
+    encrypt: Option<Op>,
+    decrypt: Option<Op>,
+    sign: Option<Op>,
+    verify: Option<Op>,
+    digest: Option<Op>,
+}
+
+/// The built-in soft token backend.
+#[derive(Debug)]
+pub struct SoftBackend {
+    name: String,
+    tokens: Vec<Token>,
+    sessions: RwLock<HashMap<S, Arc<Mutex<Session>>>>,
+    next_session: AtomicU64,
+    next_object: AtomicU64,
+    max_pin_failures: u32,
+}
+
+impl SoftBackend {
+    /// Soft tokens in `dirs`, one slot each (slot ids 0, 1, ...).
+    pub fn new(name: &str, dirs: Vec<PathBuf>, max_pin_failures: u32) -> SoftBackend {
+        SoftBackend {
+            name: name.to_string(),
+            tokens: dirs
+                .into_iter()
+                .map(|dir| Token {
+                    dir,
+                    store: RwLock::new(None),
+                    state: RwLock::new(TokenState::default()),
+                })
+                .collect(),
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            next_object: AtomicU64::new(SESSION_OBJECT_BASE),
+            max_pin_failures,
+        }
+    }
+
+    fn token(&self, slot: CK_SLOT_ID) -> Result<&Token> {
+        self.tokens
+            .get(slot as usize)
+            .ok_or(rv(CKR_SLOT_ID_INVALID))
+    }
+
+    fn store(&self, t: &Token) -> Result<Arc<Store>> {
+        t.store
+            .read()
+            .clone()
+            .ok_or(rv(CKR_CRYPTOKI_NOT_INITIALIZED))
+    }
+
+    fn session(&self, s: S) -> Result<Arc<Mutex<Session>>> {
+        self.sessions
+            .read()
+            .get(&s)
+            .cloned()
+            .ok_or(rv(CKR_SESSION_HANDLE_INVALID))
+    }
+
+    /// Reloads a token's cache if any process changed its store since.
+    fn refresh(&self, t: &Token) -> Result<()> {
+        let store = self.store(t)?;
+        let now = store.generation().map_err(store_error)?;
+        if t.state.read().generation == Some(now) {
+            return Ok(());
+        }
+        let snap = store.snapshot().map_err(store_error)?;
+        let mut st = t.state.write();
+        st.meta = match &snap.meta {
+            Some(m) => Meta::decode(m).ok_or_else(|| {
+                log::error!("soft token {}: unreadable metadata", t.dir.display());
+                rv(CKR_DEVICE_ERROR)
+            })?,
+            None => Meta::default(),
+        };
+        st.objects.clear();
+        st.sealed.clear();
+        for (id, record) in snap.objects {
+            load_record(&mut st, id, record)?;
+        }
+        st.generation = Some(snap.generation);
+        Ok(())
+    }
+
+    /// Runs a change of the store under its lock; the cache stays valid when nobody else
+    /// changed the store meanwhile.
+    fn change<T>(
+        &self,
+        t: &Token,
+        f: impl FnOnce(&Store, &super::store::Lock<'_>, &mut TokenState) -> Result<T>,
+    ) -> Result<T> {
+        let store = self.store(t)?;
+        let lock = store.lock().map_err(store_error)?;
+        let before = store.generation().map_err(store_error)?;
+        let mut st = t.state.write();
+        let current = st.generation == Some(before);
+        let out = f(&store, &lock, &mut st)?;
+        st.generation = if current {
+            Some(store.generation().map_err(store_error)?)
+        } else {
+            None
+        };
+        Ok(out)
+    }
+
+    fn object(&self, s: &Session, h: O) -> Result<Arc<Object>> {
+        let t = &self.tokens[s.slot];
+        if let Some(o) = lookup(&t.state.read(), h) {
+            return Ok(o);
+        }
+        self.refresh(t)?;
+        lookup(&t.state.read(), h).ok_or(rv(CKR_OBJECT_HANDLE_INVALID))
+    }
+
+    /// Stores or keeps a new object; returns its handle.
+    fn add_object(&self, s: S, sess: &Session, o: Object) -> Result<O> {
+        let t = &self.tokens[sess.slot];
+        let st = t.state.read();
+        if o.is_private() && st.login != Some(CKU_USER) {
+            return Err(rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        drop(st);
+        if !o.is_token() {
+            let h = self.next_object.fetch_add(1, Ordering::Relaxed);
+            t.state.write().session_objects.insert(h, (s, Arc::new(o)));
+            return Ok(h);
+        }
+        if !sess.rw {
+            return Err(rv(CKR_SESSION_READ_ONLY));
+        }
+        self.change(t, |store, lock, st| {
+            let id = store.next_id(lock).map_err(store_error)?;
+            let record = encode_record(st, id, &o)?;
+            store.put_object(lock, id, &record).map_err(store_error)?;
+            st.objects.insert(id as O, Arc::new(o));
+            Ok(id as O)
+        })
+    }
+
+    fn replace_object(&self, sess: &Session, h: O, o: Object) -> Result<()> {
+        let t = &self.tokens[sess.slot];
+        if let Some((owner, _)) = t.state.read().session_objects.get(&h) {
+            let owner = *owner;
+            t.state
+                .write()
+                .session_objects
+                .insert(h, (owner, Arc::new(o)));
+            return Ok(());
+        }
+        if !sess.rw {
+            return Err(rv(CKR_SESSION_READ_ONLY));
+        }
+        self.change(t, |store, lock, st| {
+            let record = encode_record(st, h as u64, &o)?;
+            store
+                .put_object(lock, h as u64, &record)
+                .map_err(store_error)?;
+            st.objects.insert(h, Arc::new(o));
+            Ok(())
+        })
+    }
+
+    fn pin_flags(&self, m: &Meta) -> CK_FLAGS {
+        let mut f = 0;
+        let max = self.max_pin_failures;
+        if m.user_failures > 0 {
+            f |= CKF_USER_PIN_COUNT_LOW;
+        }
+        if m.user_failures + 1 == max {
+            f |= CKF_USER_PIN_FINAL_TRY;
+        }
+        if m.user_failures >= max {
+            f |= CKF_USER_PIN_LOCKED;
+        }
+        if m.so_failures > 0 {
+            f |= CKF_SO_PIN_COUNT_LOW;
+        }
+        if m.so_failures + 1 == max {
+            f |= CKF_SO_PIN_FINAL_TRY;
+        }
+        if m.so_failures >= max {
+            f |= CKF_SO_PIN_LOCKED;
+        }
+        f
+    }
+
+    /// Checks a PIN against the wrapped token key, counting failures in the store.
+    fn check_pin(&self, t: &Token, user: CK_USER_TYPE, pin: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        let who = if user == CKU_SO { "so" } else { "user" };
+        let (wrapped, failures) = {
+            let st = t.state.read();
+            let w = if user == CKU_SO {
+                st.meta.so.clone()
+            } else {
+                st.meta.user.clone()
+            };
+            let f = if user == CKU_SO {
+                st.meta.so_failures
+            } else {
+                st.meta.user_failures
+            };
+            (w, f)
+        };
+        let wrapped = wrapped.ok_or(rv(if user == CKU_SO {
+            CKR_TOKEN_NOT_RECOGNIZED
+        } else {
+            CKR_USER_PIN_NOT_INITIALIZED
+        }))?;
+        if failures >= self.max_pin_failures {
+            return Err(rv(CKR_PIN_LOCKED));
+        }
+        let key = meta::unwrap(&wrapped, pin, who);
+        let ok = key.is_some();
+        if ok && failures == 0 {
+            return key.ok_or(rv(CKR_PIN_INCORRECT));
+        }
+        self.change(t, |store, lock, st| {
+            let counter = if user == CKU_SO {
+                &mut st.meta.so_failures
+            } else {
+                &mut st.meta.user_failures
+            };
+            *counter = if ok { 0 } else { *counter + 1 };
+            store.set_meta(lock, &st.meta.encode()).map_err(store_error)
+        })?;
+        key.ok_or(rv(CKR_PIN_INCORRECT))
+    }
+
+    fn op_slot(
+        &self,
+        s: S,
+        which: fn(&mut Session) -> &mut Option<Op>,
+    ) -> Result<Arc<Mutex<Session>>> {
+        let sess = self.session(s)?;
+        {
+            let mut g = sess.lock();
+            if which(&mut g).is_some() {
+                return Err(rv(CKR_OPERATION_ACTIVE));
+            }
+        }
+        Ok(sess)
+    }
+
+    fn start_cipher(&self, s: S, m: Mechanism<'_>, key: O, encrypt: bool) -> Result<()> {
+        let which: fn(&mut Session) -> &mut Option<Op> = if encrypt {
+            |s| &mut s.encrypt
+        } else {
+            |s| &mut s.decrypt
+        };
+        let sess = self.op_slot(s, which)?;
+        let mut g = sess.lock();
+        let o = self.object(&g, key)?;
+        let usage = if encrypt { CKA_ENCRYPT } else { CKA_DECRYPT };
+        if !o.flag(usage) {
+            return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        let params = parse_params(&m)?;
+        let op = crypto::cipher(
+            m.mechanism_type(),
+            &params,
+            o.key_ref().map_err(rv)?,
+            encrypt,
+        )
+        .map_err(rv)?;
+        *which(&mut g) = Some(Op::Cipher(op));
+        Ok(())
+    }
+
+    fn start_sign(&self, s: S, m: Mechanism<'_>, key: O, sign: bool) -> Result<()> {
+        let which: fn(&mut Session) -> &mut Option<Op> = if sign {
+            |s| &mut s.sign
+        } else {
+            |s| &mut s.verify
+        };
+        let sess = self.op_slot(s, which)?;
+        let mut g = sess.lock();
+        let o = self.object(&g, key)?;
+        let usage = if sign { CKA_SIGN } else { CKA_VERIFY };
+        if !o.flag(usage) {
+            return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        let params = parse_params(&m)?;
+        let op = crypto::signer(m.mechanism_type(), &params, o.key_ref().map_err(rv)?, sign)
+            .map_err(rv)?;
+        *which(&mut g) = Some(Op::Sign(op));
+        Ok(())
+    }
+
+    /// A single-part cipher call (`C_Encrypt`, `C_Decrypt`).
+    fn cipher_once(&self, s: S, encrypt: bool, data: InBuf<'_>, mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let slot = if encrypt {
+            &mut g.encrypt
+        } else {
+            &mut g.decrypt
+        };
+        let Some(Op::Cipher(op)) = slot.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if out.is_length_query() {
+            let need = op.max_oneshot_len(data.len() as usize) as CK_ULONG;
+            return out.put_len(need);
+        }
+        let need = op.max_oneshot_len(data.len() as usize) as CK_ULONG;
+        if out.len_value() < need {
+            // Like SoftHSMv2: room for the most the call can produce, or the operation goes on.
+            return out.put_len(need).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        let result = run_cipher(op.as_mut(), data.as_slice());
+        finish_output(slot, result, &mut out)
+    }
+
+    fn cipher_update(
+        &self,
+        s: S,
+        encrypt: bool,
+        data: InBuf<'_>,
+        mut out: OutBuf<'_>,
+    ) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let slot = if encrypt {
+            &mut g.encrypt
+        } else {
+            &mut g.decrypt
+        };
+        let Some(Op::Cipher(op)) = slot.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if !op.multipart() {
+            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        if out.is_length_query() {
+            return out.put_len(op.max_update_len(data.len() as usize) as CK_ULONG);
+        }
+        if (out.len_value() as usize) < op.max_update_len(data.len() as usize) {
+            return out
+                .put_len(op.max_update_len(data.len() as usize) as CK_ULONG)
+                .and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        match op.update(data.as_slice()) {
+            Ok(bytes) => out.put(&bytes),
+            Err(e) => {
+                *slot = None;
+                Err(rv(e))
+            }
+        }
+    }
+
+    fn cipher_final(&self, s: S, encrypt: bool, mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let slot = if encrypt {
+            &mut g.encrypt
+        } else {
+            &mut g.decrypt
+        };
+        let Some(Op::Cipher(op)) = slot.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if out.is_length_query() {
+            return out.put_len(op.max_final_len() as CK_ULONG);
+        }
+        if (out.len_value() as usize) < op.max_final_len() {
+            return out
+                .put_len(op.max_final_len() as CK_ULONG)
+                .and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        let result = op.finish();
+        *slot = None;
+        out.put(&result.map_err(rv)?)
+    }
+
+    fn sign_once(&self, s: S, data: &[u8], mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Sign(op)) = g.sign.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let max = op.max_signature_len() as CK_ULONG;
+        if out.is_length_query() {
+            return out.put_len(max);
+        }
+        if out.len_value() < max {
+            return out.put_len(max).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        let result = op.update(data).and_then(|_| op.sign());
+        g.sign = None;
+        out.put(&result.map_err(rv)?)
+    }
+
+    fn verify_once(&self, s: S, data: Option<&[u8]>, sig: &[u8]) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Sign(op)) = g.verify.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let result = match data {
+            Some(d) => op.update(d).and_then(|_| op.verify(sig)),
+            None => op.verify(sig),
+        };
+        g.verify = None;
+        result.map_err(rv)
+    }
+
+    fn all_objects(&self, slot: usize, s: S) -> Vec<(O, Arc<Object>)> {
+        let st = self.tokens[slot].state.read();
+        let user = st.login == Some(CKU_USER);
+        let mut all: Vec<(O, Arc<Object>)> = st
+            .objects
+            .iter()
+            .filter(|(_, o)| user || !o.is_private())
+            .map(|(h, o)| (*h, o.clone()))
+            .collect();
+        all.extend(
+            st.session_objects
+                .iter()
+                .filter(|(_, (_, o))| user || !o.is_private())
+                .map(|(h, (_, o))| (*h, o.clone())),
+        );
+        let _ = s;
+        all.sort_by_key(|(h, _)| *h);
+        all
+    }
+}
+
+fn lookup(st: &TokenState, h: O) -> Option<Arc<Object>> {
+    let o = st
+        .objects
+        .get(&h)
+        .cloned()
+        .or_else(|| st.session_objects.get(&h).map(|(_, o)| o.clone()))?;
+    (!o.is_private() || st.login == Some(CKU_USER)).then_some(o)
+}
+
+/// Adds one stored record to the cache: public records are the object's encoding; private
+/// ones are sealed under the token key, opened now if the key is known.
+fn load_record(st: &mut TokenState, id: u64, record: Vec<u8>) -> Result<()> {
+    let (private, body) = record.split_first().ok_or(rv(CKR_DEVICE_ERROR))?;
+    if *private == 0 {
+        let o = Object::decode(body).ok_or(rv(CKR_DEVICE_ERROR))?;
+        st.objects.insert(id as O, Arc::new(o));
+        return Ok(());
+    }
+    match &st.token_key {
+        Some(k) => {
+            let plain = open_sealed(k, &id.to_le_bytes(), body).map_err(store_error)?;
+            let o = Object::decode(&plain).ok_or(rv(CKR_DEVICE_ERROR))?;
+            st.objects.insert(id as O, Arc::new(o));
+        }
+        None => {
+            st.sealed.insert(id as O, body.to_vec());
+        }
+    }
+    Ok(())
+}
+
+/// The record for a token object: a flag byte, then the encoding, sealed under the token key
+/// when the object is private.
+fn encode_record(st: &TokenState, id: u64, o: &Object) -> Result<Vec<u8>> {
+    let plain = o.encode();
+    if !o.is_private() {
+        let mut r = Vec::with_capacity(plain.len() + 1);
+        r.push(0);
+        r.extend_from_slice(&plain);
+        return Ok(r);
+    }
+    let key = st.token_key.as_ref().ok_or(rv(CKR_USER_NOT_LOGGED_IN))?;
+    let mut r = vec![1];
+    r.extend_from_slice(&seal(key, &id.to_le_bytes(), &plain));
+    Ok(r)
+}
+
+fn run_cipher(op: &mut dyn CipherOp, data: &[u8]) -> crypto::CkResult<Vec<u8>> {
+    let mut out = op.update(data)?;
+    out.extend_from_slice(&op.finish()?);
+    Ok(out)
+}
+
+/// Writes a finished single-part result; the operation ends unless the buffer was too small,
+/// in which case the result is kept for the retry.
+fn finish_output(
+    slot: &mut Option<Op>,
+    result: crypto::CkResult<Vec<u8>>,
+    out: &mut OutBuf<'_>,
+) -> Result<()> {
+    *slot = None;
+    let bytes = result.map_err(rv)?;
+    out.put(&bytes)
+}
+
+fn parse_params(m: &Mechanism<'_>) -> Result<Params> {
+    Ok(match m.mechanism_type() {
+        CKM_AES_GCM => {
+            let (iv, aad, tag_bits) = m.gcm_params()?;
+            Params::Gcm {
+                iv,
+                aad,
+                tag_bits: tag_bits as usize,
+            }
+        }
+        CKM_AES_CBC | CKM_AES_CBC_PAD => Params::Iv(m.parameter_bytes().to_vec()),
+        CKM_RSA_PKCS_OAEP => {
+            let (hash, mgf, label) = m.oaep_params()?;
+            Params::Oaep { hash, mgf, label }
+        }
+        CKM_RSA_PKCS_PSS
+        | CKM_SHA256_RSA_PKCS_PSS
+        | CKM_SHA384_RSA_PKCS_PSS
+        | CKM_SHA512_RSA_PKCS_PSS => {
+            let (hash, mgf, salt) = m.pss_params()?;
+            Params::Pss {
+                hash,
+                mgf,
+                salt_len: salt as usize,
+            }
+        }
+        _ => {
+            if m.parameter_len() != 0 {
+                return Err(rv(CKR_MECHANISM_PARAM_INVALID));
+            }
+            Params::None
+        }
+    })
+}
+
+fn pad32(text: &str) -> [u8; 32] {
+    let mut f = [b' '; 32];
+    let n = text.len().min(32);
+    f[..n].copy_from_slice(&text.as_bytes()[..n]);
+    f
+}
+
+fn pad16(text: &str) -> [u8; 16] {
+    let mut f = [b' '; 16];
+    let n = text.len().min(16);
+    f[..n].copy_from_slice(&text.as_bytes()[..n]);
+    f
+}
+
+fn pin_bytes(pin: &InBuf<'_>) -> Result<Zeroizing<Vec<u8>>> {
+    let p = pin.as_slice();
+    if !(MIN_PIN..=MAX_PIN).contains(&p.len()) {
+        return Err(rv(CKR_PIN_LEN_RANGE));
+    }
+    Ok(Zeroizing::new(p.to_vec()))
+}
+
+impl Backend for SoftBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (built-in soft token, {} slot(s) in {})",
+            self.name,
+            self.tokens.len(),
+            self.tokens
+                .first()
+                .and_then(|t| t.dir.parent())
+                .map_or_else(String::new, |p| p.display().to_string())
+        )
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { v3_0: false }
+    }
+
+    fn initialize(&self, _args: &InitArgs) -> Result<()> {
+        for t in &self.tokens {
+            let store = Store::open(&t.dir).map_err(|e| {
+                log::error!("soft token {}: {e}", t.dir.display());
+                rv(CKR_DEVICE_ERROR)
+            })?;
+            *t.store.write() = Some(Arc::new(store));
+            *t.state.write() = TokenState::default();
+            self.refresh(t)?;
+        }
+        self.sessions.write().clear();
+        Ok(())
+    }
+
+    fn finalize(&self) -> Result<()> {
+        self.sessions.write().clear();
+        for t in &self.tokens {
+            *t.state.write() = TokenState::default();
+            *t.store.write() = None;
+        }
+        Ok(())
+    }
+
+    fn slot_list(&self, _token_present: bool, mut out: OutBuf<'_, CK_SLOT_ID>) -> Result<()> {
+        let ids: Vec<CK_SLOT_ID> = (0..self.tokens.len() as CK_SLOT_ID).collect();
+        out.put(&ids)
+    }
+
+    fn slot_info(&self, slot: CK_SLOT_ID, info: &mut CK_SLOT_INFO) -> Result<()> {
+        let t = self.token(slot)?;
+        *info = CK_SLOT_INFO::default();
+        let desc = format!("p11gate soft token {}", t.dir.display());
+        let mut d = [b' '; 64];
+        let n = desc.len().min(64);
+        d[..n].copy_from_slice(&desc.as_bytes()[..n]);
+        info.slotDescription = d;
+        info.manufacturerID = pad32("p11gate");
+        info.flags = CKF_TOKEN_PRESENT;
+        info.hardwareVersion = CK_VERSION { major: 0, minor: 1 };
+        info.firmwareVersion = CK_VERSION { major: 0, minor: 1 };
+        Ok(())
+    }
+
+    fn token_info(&self, slot: CK_SLOT_ID, info: &mut CK_TOKEN_INFO) -> Result<()> {
+        let t = self.token(slot)?;
+        self.refresh(t)?;
+        let st = t.state.read();
+        let sessions = self.sessions.read();
+        let (mut count, mut rw) = (0, 0);
+        for s in sessions.values() {
+            let g = s.lock();
+            if g.slot == slot as usize {
+                count += 1;
+                if g.rw {
+                    rw += 1;
+                }
+            }
+        }
+        *info = CK_TOKEN_INFO::default();
+        info.label = pad32(&st.meta.label);
+        info.manufacturerID = pad32("p11gate");
+        info.model = pad16("soft token");
+        let serial = format!("{:016x}", slot);
+        info.serialNumber = pad16(&serial);
+        let mut flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_RESTORE_KEY_NOT_NEEDED;
+        if st.meta.initialized() {
+            flags |= CKF_TOKEN_INITIALIZED;
+        }
+        if st.meta.user.is_some() {
+            flags |= CKF_USER_PIN_INITIALIZED;
+        }
+        flags |= self.pin_flags(&st.meta);
+        info.flags = flags;
+        info.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+        info.ulSessionCount = count;
+        info.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+        info.ulRwSessionCount = rw;
+        info.ulMaxPinLen = MAX_PIN as CK_ULONG;
+        info.ulMinPinLen = MIN_PIN as CK_ULONG;
+        info.ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+        info.hardwareVersion = CK_VERSION { major: 0, minor: 1 };
+        info.firmwareVersion = CK_VERSION { major: 0, minor: 1 };
+        info.utcTime = pad16("");
+        Ok(())
+    }
+
+    fn mechanism_list(
+        &self,
+        slot: CK_SLOT_ID,
+        mut out: OutBuf<'_, CK_MECHANISM_TYPE>,
+    ) -> Result<()> {
+        self.token(slot)?;
+        out.put(&crypto::mechanisms())
+    }
+
+    fn mechanism_info(
+        &self,
+        slot: CK_SLOT_ID,
+        mech: CK_MECHANISM_TYPE,
+        info: &mut CK_MECHANISM_INFO,
+    ) -> Result<()> {
+        self.token(slot)?;
+        *info = crypto::mechanism_info(mech).ok_or(rv(CKR_MECHANISM_INVALID))?;
+        Ok(())
+    }
+
+    fn init_token(&self, slot: CK_SLOT_ID, so_pin: InBuf<'_>, label: &[u8; 32]) -> Result<()> {
+        let t = self.token(slot)?;
+        if self
+            .sessions
+            .read()
+            .values()
+            .any(|s| s.lock().slot == slot as usize)
+        {
+            return Err(rv(CKR_SESSION_EXISTS));
+        }
+        let pin = pin_bytes(&so_pin)?;
+        self.refresh(t)?;
+        if t.state.read().meta.initialized() {
+            self.check_pin(t, CKU_SO, &pin)?;
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        crypto::sym::random(&mut *key).map_err(rv)?;
+        let so = meta::wrap(&key, &pin, "so").ok_or(rv(CKR_FUNCTION_FAILED))?;
+        let label = String::from_utf8_lossy(label).trim_end().to_string();
+        self.change(t, |store, lock, st| {
+            let snap = store.snapshot().map_err(store_error)?;
+            for (id, _) in snap.objects {
+                store.delete_object(lock, id).map_err(store_error)?;
+            }
+            st.meta = Meta {
+                label,
+                so: Some(so),
+                user: None,
+                so_failures: 0,
+                user_failures: 0,
+            };
+            store
+                .set_meta(lock, &st.meta.encode())
+                .map_err(store_error)?;
+            st.objects.clear();
+            st.sealed.clear();
+            st.login = None;
+            st.token_key = None;
+            Ok(())
+        })?;
+        // Rebuild the cache from the store (a fresh token).
+        t.state.write().generation = None;
+        self.refresh(t)
+    }
+
+    fn init_pin(&self, s: S, pin: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let t = &self.tokens[g.slot];
+        if t.state.read().login != Some(CKU_SO) {
+            return Err(rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        if !g.rw {
+            return Err(rv(CKR_SESSION_READ_ONLY));
+        }
+        let pin = pin_bytes(&pin)?;
+        let key = t
+            .state
+            .read()
+            .token_key
+            .clone()
+            .ok_or(rv(CKR_USER_NOT_LOGGED_IN))?;
+        let user = meta::wrap(&key, &pin, "user").ok_or(rv(CKR_FUNCTION_FAILED))?;
+        self.change(t, |store, lock, st| {
+            st.meta.user = Some(user);
+            st.meta.user_failures = 0;
+            store.set_meta(lock, &st.meta.encode()).map_err(store_error)
+        })
+    }
+
+    fn set_pin(&self, s: S, old: InBuf<'_>, new: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        if !g.rw {
+            return Err(rv(CKR_SESSION_READ_ONLY));
+        }
+        let t = &self.tokens[g.slot];
+        let who = match t.state.read().login {
+            Some(CKU_SO) => CKU_SO,
+            _ => CKU_USER,
+        };
+        let (old, new) = (pin_bytes(&old)?, pin_bytes(&new)?);
+        let key = self.check_pin(t, who, &old)?;
+        let name = if who == CKU_SO { "so" } else { "user" };
+        let wrapped = meta::wrap(&key, &new, name).ok_or(rv(CKR_FUNCTION_FAILED))?;
+        self.change(t, |store, lock, st| {
+            if who == CKU_SO {
+                st.meta.so = Some(wrapped);
+            } else {
+                st.meta.user = Some(wrapped);
+            }
+            store.set_meta(lock, &st.meta.encode()).map_err(store_error)
+        })
+    }
+
+    fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<S> {
+        let t = self.token(slot)?;
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
+        }
+        self.refresh(t)?;
+        if !t.state.read().meta.initialized() {
+            return Err(rv(CKR_TOKEN_NOT_RECOGNIZED));
+        }
+        let rw = flags & CKF_RW_SESSION != 0;
+        if !rw && t.state.read().login == Some(CKU_SO) {
+            return Err(rv(CKR_SESSION_READ_WRITE_SO_EXISTS));
+        }
+        let h = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.sessions.write().insert(
+            h,
+            Arc::new(Mutex::new(Session {
+                slot: slot as usize,
+                rw,
+                ..Session::default()
+            })),
+        );
+        Ok(h)
+    }
+
+    fn close_session(&self, s: S) -> Result<()> {
+        let sess = self
+            .sessions
+            .write()
+            .remove(&s)
+            .ok_or(rv(CKR_SESSION_HANDLE_INVALID))?;
+        let slot = sess.lock().slot;
+        let t = &self.tokens[slot];
+        let mut st = t.state.write();
+        st.session_objects.retain(|_, (owner, _)| *owner != s);
+        let still_open = self.sessions.read().values().any(|x| x.lock().slot == slot);
+        if !still_open {
+            // The last session: the application is logged out (PKCS#11 2.40 §5.6).
+            st.login = None;
+            st.token_key = None;
+            let private: Vec<O> = st
+                .objects
+                .iter()
+                .filter(|(_, o)| o.is_private())
+                .map(|(h, _)| *h)
+                .collect();
+            for h in private {
+                st.objects.remove(&h);
+            }
+            st.generation = None;
+        }
+        Ok(())
+    }
+
+    fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
+        self.token(slot)?;
+        let handles: Vec<S> = self
+            .sessions
+            .read()
+            .iter()
+            .filter(|(_, s)| s.lock().slot == slot as usize)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in handles {
+            let _ = self.close_session(h);
+        }
+        Ok(())
+    }
+
+    fn session_info(&self, s: S, info: &mut CK_SESSION_INFO) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let login = self.tokens[g.slot].state.read().login;
+        *info = CK_SESSION_INFO::default();
+        info.slotID = g.slot as CK_SLOT_ID;
+        info.state = match (login, g.rw) {
+            (Some(CKU_SO), _) => CKS_RW_SO_FUNCTIONS,
+            (Some(_), true) => CKS_RW_USER_FUNCTIONS,
+            (Some(_), false) => CKS_RO_USER_FUNCTIONS,
+            (None, true) => CKS_RW_PUBLIC_SESSION,
+            (None, false) => CKS_RO_PUBLIC_SESSION,
+        };
+        info.flags = CKF_SERIAL_SESSION | if g.rw { CKF_RW_SESSION } else { 0 };
+        Ok(())
+    }
+
+    fn login(&self, s: S, user: CK_USER_TYPE, pin: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let slot = sess.lock().slot;
+        let t = &self.tokens[slot];
+        match (user, t.state.read().login) {
+            (CKU_USER | CKU_SO, Some(current)) if current == user => {
+                return Err(rv(CKR_USER_ALREADY_LOGGED_IN))
+            }
+            (CKU_USER | CKU_SO, Some(_)) => return Err(rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
+            (CKU_USER | CKU_SO, None) => {}
+            (CKU_CONTEXT_SPECIFIC, _) => return Err(rv(CKR_OPERATION_NOT_INITIALIZED)),
+            _ => return Err(rv(CKR_USER_TYPE_INVALID)),
+        }
+        if user == CKU_SO {
+            let any_ro = self.sessions.read().values().any(|x| {
+                let g = x.lock();
+                g.slot == slot && !g.rw
+            });
+            if any_ro {
+                return Err(rv(CKR_SESSION_READ_ONLY_EXISTS));
+            }
+        }
+        self.refresh(t)?;
+        let pin = pin_bytes(&pin).map_err(|_| rv(CKR_PIN_INCORRECT))?;
+        let key = self.check_pin(t, user, &pin)?;
+        let mut st = t.state.write();
+        st.token_key = Some(key);
+        st.login = Some(user);
+        if user == CKU_USER {
+            let sealed: Vec<(O, Vec<u8>)> = st.sealed.drain().collect();
+            for (h, body) in sealed {
+                let mut record = vec![1u8];
+                record.extend_from_slice(&body);
+                load_record(&mut st, h as u64, record)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn logout(&self, s: S) -> Result<()> {
+        let sess = self.session(s)?;
+        let slot = sess.lock().slot;
+        let mut st = self.tokens[slot].state.write();
+        if st.login.is_none() {
+            return Err(rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        st.login = None;
+        st.token_key = None;
+        let private: Vec<O> = st
+            .objects
+            .iter()
+            .filter(|(_, o)| o.is_private())
+            .map(|(h, _)| *h)
+            .collect();
+        for h in private {
+            st.objects.remove(&h);
+        }
+        st.session_objects.retain(|_, (_, o)| !o.is_private());
+        // Re-read so that private records are held sealed again.
+        st.generation = None;
+        Ok(())
+    }
+
+    fn create_object(&self, s: S, t: Template<'_>, obj: &mut O) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let o = Object::build(&t.entries(), None, None, Origin::Imported, &[]).map_err(rv)?;
+        *obj = self.add_object(s, &g, o)?;
+        Ok(())
+    }
+
+    fn copy_object(&self, s: S, from: O, t: Template<'_>, obj: &mut O) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let src = self.object(&g, from)?;
+        if !src.flag(CKA_COPYABLE) {
+            return Err(rv(CKR_ACTION_PROHIBITED));
+        }
+        let mut o = (*src).clone();
+        o.change(&t.entries(), true).map_err(rv)?;
+        *obj = self.add_object(s, &g, o)?;
+        Ok(())
+    }
+
+    fn destroy_object(&self, s: S, obj: O) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let o = self.object(&g, obj)?;
+        if !o.flag(CKA_DESTROYABLE) {
+            return Err(rv(CKR_ACTION_PROHIBITED));
+        }
+        let t = &self.tokens[g.slot];
+        if t.state.write().session_objects.remove(&obj).is_some() {
+            return Ok(());
+        }
+        if !g.rw {
+            return Err(rv(CKR_SESSION_READ_ONLY));
+        }
+        self.change(t, |store, lock, st| {
+            store.delete_object(lock, obj as u64).map_err(store_error)?;
+            st.objects.remove(&obj);
+            Ok(())
+        })
+    }
+
+    fn object_size(&self, s: S, obj: O, size: &mut CK_ULONG) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let o = self.object(&g, obj)?;
+        *size = o.encode().len() as CK_ULONG;
+        Ok(())
+    }
+
+    fn get_attribute_value(&self, s: S, obj: O, mut t: Template<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let o = self.object(&g, obj)?;
+        let types: Vec<CK_ATTRIBUTE_TYPE> = t.attributes().iter().map(|a| a.type_).collect();
+        let mut result = CKR_OK;
+        for (i, ty) in types.into_iter().enumerate() {
+            if !o.readable(ty) {
+                t.answer(i, None);
+                result = CKR_ATTRIBUTE_SENSITIVE;
+                continue;
+            }
+            match o.get(ty) {
+                None => {
+                    t.answer(i, None);
+                    if result == CKR_OK || result == CKR_BUFFER_TOO_SMALL {
+                        result = CKR_ATTRIBUTE_TYPE_INVALID;
+                    }
+                }
+                Some(v) => {
+                    if !t.answer(i, Some(v)) && result == CKR_OK {
+                        result = CKR_BUFFER_TOO_SMALL;
+                    }
+                }
+            }
+        }
+        if result == CKR_OK {
+            Ok(())
+        } else {
+            Err(rv(result))
+        }
+    }
+
+    fn set_attribute_value(&self, s: S, obj: O, t: Template<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let mut o = (*self.object(&g, obj)?).clone();
+        o.change(&t.entries(), false).map_err(rv)?;
+        self.replace_object(&g, obj, o)
+    }
+
+    fn find_objects_init(&self, s: S, t: Template<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        if g.find.is_some() {
+            return Err(rv(CKR_OPERATION_ACTIVE));
+        }
+        self.refresh(&self.tokens[g.slot])?;
+        let mut wanted = Vec::new();
+        for (ty, v) in t.entries() {
+            wanted.push((ty, v.ok_or(rv(CKR_ATTRIBUTE_VALUE_INVALID))?.to_vec()));
+        }
+        let mut found: Vec<O> = self
+            .all_objects(g.slot, s)
+            .into_iter()
+            .filter(|(_, o)| o.matches(&wanted))
+            .map(|(h, _)| h)
+            .collect();
+        found.reverse();
+        g.find = Some(found);
+        Ok(())
+    }
+
+    fn find_objects(&self, s: S, found: &mut [O], count: &mut CK_ULONG) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let pending = g.find.as_mut().ok_or(rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let mut n = 0;
+        while n < found.len() {
+            match pending.pop() {
+                Some(h) => {
+                    found[n] = h;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        *count = n as CK_ULONG;
+        Ok(())
+    }
+
+    fn find_objects_final(&self, s: S) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        g.find.take().ok_or(rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        Ok(())
+    }
+
+    fn encrypt_init(&self, s: S, m: Mechanism<'_>, key: O) -> Result<()> {
+        self.start_cipher(s, m, key, true)
+    }
+    fn encrypt(&self, s: S, data: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_once(s, true, data, out)
+    }
+    fn encrypt_update(&self, s: S, part: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_update(s, true, part, out)
+    }
+    fn encrypt_final(&self, s: S, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_final(s, true, out)
+    }
+    fn decrypt_init(&self, s: S, m: Mechanism<'_>, key: O) -> Result<()> {
+        self.start_cipher(s, m, key, false)
+    }
+    fn decrypt(&self, s: S, data: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_once(s, false, data, out)
+    }
+    fn decrypt_update(&self, s: S, part: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_update(s, false, part, out)
+    }
+    fn decrypt_final(&self, s: S, out: OutBuf<'_>) -> Result<()> {
+        self.cipher_final(s, false, out)
+    }
+
+    fn digest_init(&self, s: S, m: Mechanism<'_>) -> Result<()> {
+        let sess = self.op_slot(s, |s| &mut s.digest)?;
+        let op = crypto::digest(m.mechanism_type()).map_err(rv)?;
+        sess.lock().digest = Some(Op::Digest(op));
+        Ok(())
+    }
+    fn digest(&self, s: S, data: InBuf<'_>, mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Digest(op)) = g.digest.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let len = op.len() as CK_ULONG;
+        if out.is_length_query() {
+            return out.put_len(len);
+        }
+        if out.len_value() < len {
+            return out.put_len(len).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        op.update(data.as_slice());
+        let d = op.finish();
+        g.digest = None;
+        out.put(&d)
+    }
+    fn digest_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Digest(op)) = g.digest.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        op.update(part.as_slice());
+        Ok(())
+    }
+    fn digest_key(&self, s: S, key: O) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let o = self.object(&g, key)?;
+        if o.class() != Some(CKO_SECRET_KEY) {
+            return Err(rv(CKR_KEY_INDIGESTIBLE));
+        }
+        let value = o.get(CKA_VALUE).ok_or(rv(CKR_KEY_INDIGESTIBLE))?.to_vec();
+        let value = Zeroizing::new(value);
+        let Some(Op::Digest(op)) = g.digest.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        op.update(&value);
+        Ok(())
+    }
+    fn digest_final(&self, s: S, mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Digest(op)) = g.digest.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let len = op.len() as CK_ULONG;
+        if out.is_length_query() {
+            return out.put_len(len);
+        }
+        if out.len_value() < len {
+            return out.put_len(len).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        }
+        let d = op.finish();
+        g.digest = None;
+        out.put(&d)
+    }
+
+    fn sign_init(&self, s: S, m: Mechanism<'_>, key: O) -> Result<()> {
+        self.start_sign(s, m, key, true)
+    }
+    fn sign(&self, s: S, data: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.sign_once(s, data.as_slice(), out)
+    }
+    fn sign_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Sign(op)) = g.sign.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if !op.multipart() {
+            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        if let Err(e) = op.update(part.as_slice()) {
+            g.sign = None;
+            return Err(rv(e));
+        }
+        Ok(())
+    }
+    fn sign_final(&self, s: S, out: OutBuf<'_>) -> Result<()> {
+        self.sign_once(s, &[], out)
+    }
+    fn verify_init(&self, s: S, m: Mechanism<'_>, key: O) -> Result<()> {
+        self.start_sign(s, m, key, false)
+    }
+    fn verify(&self, s: S, data: InBuf<'_>, sig: InBuf<'_>) -> Result<()> {
+        self.verify_once(s, Some(data.as_slice()), sig.as_slice())
+    }
+    fn verify_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Sign(op)) = g.verify.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if !op.multipart() {
+            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        if let Err(e) = op.update(part.as_slice()) {
+            g.verify = None;
+            return Err(rv(e));
+        }
+        Ok(())
+    }
+    fn verify_final(&self, s: S, sig: InBuf<'_>) -> Result<()> {
+        self.verify_once(s, None, sig.as_slice())
+    }
+
+    fn generate_key(&self, s: S, m: Mechanism<'_>, t: Template<'_>, key: &mut O) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let given = t.entries();
+        let (key_type, default_len) = match m.mechanism_type() {
+            CKM_AES_KEY_GEN => (CKK_AES, None),
+            CKM_GENERIC_SECRET_KEY_GEN => (CKK_GENERIC_SECRET, None),
+            _ => return Err(rv(CKR_MECHANISM_INVALID)),
+        };
+        let len = t
+            .ulong_value(CKA_VALUE_LEN)
+            .or(default_len)
+            .ok_or(rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
+        if key_type == CKK_AES && ![16, 24, 32].contains(&len) {
+            return Err(rv(CKR_ATTRIBUTE_VALUE_INVALID));
+        }
+        if !(1..=512).contains(&len) {
+            return Err(rv(CKR_ATTRIBUTE_VALUE_INVALID));
+        }
+        if t.value(CKA_VALUE).is_some() {
+            return Err(rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        let value = crypto::sym::generate_secret(len).map_err(rv)?;
+        let o = Object::build(
+            &given,
+            Some(CKO_SECRET_KEY),
+            Some(key_type),
+            Origin::Generated(m.mechanism_type()),
+            &[(CKA_VALUE, value.to_vec())],
+        )
+        .map_err(rv)?;
+        *key = self.add_object(s, &g, o)?;
+        Ok(())
+    }
+
+    fn generate_key_pair(
+        &self,
+        s: S,
+        m: Mechanism<'_>,
+        public: Template<'_>,
+        private: Template<'_>,
+        public_key: &mut O,
+        private_key: &mut O,
+    ) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let mech = m.mechanism_type();
+        let (key_type, pub_parts, priv_parts) = match mech {
+            CKM_RSA_PKCS_KEY_PAIR_GEN => {
+                let bits = public
+                    .ulong_value(CKA_MODULUS_BITS)
+                    .ok_or(rv(CKR_TEMPLATE_INCOMPLETE))?;
+                let e = public
+                    .value(CKA_PUBLIC_EXPONENT)
+                    .map(|e| e.to_vec())
+                    .unwrap_or_else(|| vec![1, 0, 1]);
+                let kp = crypto::asym::generate_rsa(bits as usize, &e).map_err(rv)?;
+                let public_parts = vec![
+                    (CKA_MODULUS, kp.n.clone()),
+                    (CKA_PUBLIC_EXPONENT, kp.e.clone()),
+                ];
+                let private_parts = vec![
+                    (CKA_MODULUS, kp.n.clone()),
+                    (CKA_PUBLIC_EXPONENT, kp.e.clone()),
+                    (CKA_PRIVATE_EXPONENT, kp.d.to_vec()),
+                    (CKA_PRIME_1, kp.p.to_vec()),
+                    (CKA_PRIME_2, kp.q.to_vec()),
+                    (CKA_EXPONENT_1, kp.dp.to_vec()),
+                    (CKA_EXPONENT_2, kp.dq.to_vec()),
+                    (CKA_COEFFICIENT, kp.qinv.to_vec()),
+                ];
+                (CKK_RSA, public_parts, private_parts)
+            }
+            CKM_EC_KEY_PAIR_GEN => {
+                let params = public
+                    .value(CKA_EC_PARAMS)
+                    .ok_or(rv(CKR_TEMPLATE_INCOMPLETE))?
+                    .to_vec();
+                let kp = crypto::asym::generate_ec(&params).map_err(rv)?;
+                (
+                    CKK_EC,
+                    vec![(CKA_EC_POINT, kp.point.clone())],
+                    vec![
+                        (CKA_EC_PARAMS, params.clone()),
+                        (CKA_VALUE, kp.value.to_vec()),
+                    ],
+                )
+            }
+            _ => return Err(rv(CKR_MECHANISM_INVALID)),
+        };
+        let pub_obj = Object::build(
+            &public.entries(),
+            Some(CKO_PUBLIC_KEY),
+            Some(key_type),
+            Origin::Generated(mech),
+            &pub_parts,
+        )
+        .map_err(rv)?;
+        let mut priv_given = private.entries();
+        // The private key carries the public key's id and label when its template has none.
+        let id = pub_obj.get(CKA_ID).map(<[u8]>::to_vec);
+        if private.value(CKA_ID).is_none() {
+            if let Some(id) = &id {
+                priv_given.push((CKA_ID, Some(id)));
+            }
+        }
+        let priv_obj = Object::build(
+            &priv_given,
+            Some(CKO_PRIVATE_KEY),
+            Some(key_type),
+            Origin::Generated(mech),
+            &priv_parts,
+        )
+        .map_err(rv)?;
+        *public_key = self.add_object(s, &g, pub_obj)?;
+        *private_key = self.add_object(s, &g, priv_obj)?;
+        Ok(())
+    }
+
+    fn wrap_key(
+        &self,
+        s: S,
+        m: Mechanism<'_>,
+        wrapping_key: O,
+        key: O,
+        mut out: OutBuf<'_>,
+    ) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let w = self.object(&g, wrapping_key)?;
+        if !w.flag(CKA_WRAP) {
+            return Err(rv(CKR_WRAPPING_KEY_HANDLE_INVALID));
+        }
+        let k = self.object(&g, key)?;
+        if !k.flag(CKA_EXTRACTABLE) {
+            return Err(rv(CKR_KEY_UNEXTRACTABLE));
+        }
+        if k.class() != Some(CKO_SECRET_KEY) {
+            return Err(rv(CKR_KEY_NOT_WRAPPABLE));
+        }
+        let value = k.get(CKA_VALUE).ok_or(rv(CKR_KEY_NOT_WRAPPABLE))?;
+        let params = parse_params(&m)?;
+        let wrapped = crypto::wrap(m.mechanism_type(), &params, w.key_ref().map_err(rv)?, value)
+            .map_err(rv)?;
+        out.put(&wrapped)
+    }
+
+    fn unwrap_key(
+        &self,
+        s: S,
+        m: Mechanism<'_>,
+        unwrapping_key: O,
+        wrapped: InBuf<'_>,
+        t: Template<'_>,
+        key: &mut O,
+    ) -> Result<()> {
+        let sess = self.session(s)?;
+        let g = sess.lock();
+        let u = self.object(&g, unwrapping_key)?;
+        if !u.flag(CKA_UNWRAP) {
+            return Err(rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID));
+        }
+        let params = parse_params(&m)?;
+        let value = crypto::unwrap(
+            m.mechanism_type(),
+            &params,
+            u.key_ref().map_err(rv)?,
+            wrapped.as_slice(),
+        )
+        .map_err(rv)?;
+        let o = Object::build(
+            &t.entries(),
+            Some(CKO_SECRET_KEY),
+            None,
+            Origin::Imported,
+            &[(CKA_VALUE, value.to_vec())],
+        )
+        .map_err(rv)?;
+        *key = self.add_object(s, &g, o)?;
+        Ok(())
+    }
+
+    fn seed_random(&self, s: S, seed: InBuf<'_>) -> Result<()> {
+        self.session(s)?;
+        crypto::sym::seed(seed.as_slice());
+        Ok(())
+    }
+
+    fn generate_random(&self, s: S, mut out: MutBuf<'_>) -> Result<()> {
+        self.session(s)?;
+        crypto::sym::random(out.as_mut_slice()).map_err(rv)
+    }
+}
