@@ -7,6 +7,7 @@
 //! p11gate audit keygen FILE     make a key for the audit file's HMAC chain
 //! p11gate audit verify FILE     check an audit file's chain
 //! p11gate audit summary [FILE]  counts per app, key and function from an audit trail
+//! p11gate token init            initialise a built-in soft token (SO PIN, user PIN, label)
 //! ```
 //!
 //! Exit status: 0 success, 1 the configuration (or an upstream) is not usable, 2 usage error.
@@ -22,6 +23,7 @@ use p11gate::backend::upstream::Upstream;
 use p11gate::backend::{Backend, InitArgs};
 use p11gate::config::{self, Config, Source, TokenTarget};
 use p11gate::credentials;
+use p11gate::ffi::args::InBuf;
 use p11gate::ffi::terminal::read_hidden_line;
 use p11gate::policy::mechanism_text;
 use p11gate::router::slots::{list_of, SlotEntry};
@@ -39,7 +41,13 @@ const USAGE: &str = "usage:
                                 inserted, reordered or edited record as FILE:LINE: ... (exit 1)
   p11gate audit summary [FILE|-] [--since TIME] [--app NAME] [--key LABEL] [--fn NAME] [--errors] [--json]
                                 counts, errors, refusals and first/last time per app, key and
-                                function, from JSON lines or syslog text (default: standard input)";
+                                function, from JSON lines or syslog text (default: standard input)
+  p11gate token init [--slot N] [--label LABEL]
+                                initialise the built-in soft token of slot N (default 0) in
+                                $P11GATE_HOME: asks for the SO PIN and the user PIN (without echo
+                                on a terminal, else two lines of standard input: SO PIN, user
+                                PIN). An initialised token needs its current SO PIN; all its
+                                objects are destroyed";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         ["audit", "verify", file, "--key", key] | ["audit", "verify", "--key", key, file] => {
             audit_verify(file, Some(key))
         }
+        ["token", "init", rest @ ..] => token_init(rest),
         ["audit", "summary", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let code = audit::summary::run(&rest, &mut std::io::stdout().lock());
@@ -367,4 +376,115 @@ fn audit_verify(file: &str, key: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `p11gate token init`: C_InitToken and C_InitPIN on a soft token, in this process.
+fn token_init(args: &[&str]) -> ExitCode {
+    let (mut slot, mut label) = (0u64, "p11gate".to_string());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (*a, it.next()) {
+            ("--slot", Some(v)) => match v.parse() {
+                Ok(n) => slot = n,
+                Err(_) => {
+                    eprintln!("token init: --slot {v:?} is not a number");
+                    return ExitCode::from(2);
+                }
+            },
+            ("--label", Some(v)) if v.len() <= 32 => label = v.to_string(),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let getenv = |k: &str| std::env::var(k).ok();
+    let config = match Config::discover(getenv) {
+        Ok((c, _)) if c.upstreams.is_empty() => c,
+        Ok(_) => {
+            eprintln!("token init: this configuration has upstreams; soft tokens are used when it has none");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("token init: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (so, user) = match read_two_pins() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("token init: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let dirs = config.soft_token.token_dirs();
+    let Some(dir) = dirs.get(slot as usize).cloned() else {
+        eprintln!(
+            "token init: there is no slot {slot} ({} configured)",
+            dirs.len()
+        );
+        return ExitCode::from(1);
+    };
+    let soft =
+        p11gate::soft::backend::SoftBackend::new("soft", dirs, config.soft_token.max_pin_failures);
+    let result = (|| {
+        soft.initialize(&InitArgs::default())?;
+        let mut padded = [b' '; 32];
+        padded[..label.len()].copy_from_slice(label.as_bytes());
+        soft.init_token(slot, InBuf::from_slice(so.as_bytes()), &padded)?;
+        let s = soft.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
+        soft.login(s, CKU_SO, InBuf::from_slice(so.as_bytes()))?;
+        soft.init_pin(s, InBuf::from_slice(user.as_bytes()))?;
+        soft.logout(s)?;
+        soft.close_session(s)?;
+        soft.finalize()
+    })();
+    match result {
+        Ok(()) => {
+            println!(
+                "slot {slot}: token {label:?} initialised in {}",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("token init: slot {slot}: {}", names_rv(e.rv()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn names_rv(rv: CK_RV) -> &'static str {
+    p11gate::names::rv_name(rv)
+}
+
+/// The SO PIN and the user PIN: asked twice each on a terminal, else two lines of stdin.
+fn read_two_pins() -> Result<(zeroize::Zeroizing<String>, zeroize::Zeroizing<String>), String> {
+    if std::io::stdin().is_terminal() {
+        let mut pins = Vec::new();
+        for who in ["SO PIN", "user PIN"] {
+            let first = read_hidden_line(&format!("{who}: ")).map_err(|e| e.to_string())?;
+            let again = read_hidden_line(&format!("{who} again: ")).map_err(|e| e.to_string())?;
+            if *first != *again {
+                return Err(format!("the two {who}s differ"));
+            }
+            pins.push(first);
+        }
+        let user = pins.pop().unwrap_or_default();
+        let so = pins.pop().unwrap_or_default();
+        return Ok((so, user));
+    }
+    let read = || -> Result<zeroize::Zeroizing<String>, String> {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let n = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(n);
+        Ok(line)
+    };
+    let so = read()?;
+    let user = read()?;
+    Ok((so, user))
 }
