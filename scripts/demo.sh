@@ -2,15 +2,17 @@
 # p11gate demo: build, make a token, drive p11gate with pkcs11-tool the way Vault's seal would,
 # and print the `seal "pkcs11"` stanza to paste into Vault's configuration.
 #
-# Runs on a fresh Debian machine: installs what it needs (softhsm2, opensc) when missing.
-# Until the built-in soft token lands, the token behind p11gate is a SoftHSMv2 token made here.
+# Runs on a fresh Debian machine: installs what it needs (opensc) when missing. The token is
+# p11gate's built-in soft token (no HSM, no SoftHSMv2); DEMO_UPSTREAM=softhsm puts a SoftHSMv2
+# token behind p11gate instead.
 # Everything it creates lives under $DEMO_DIR (default: target/demo); run it again to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 source scripts/lib.sh
 
-need_packages softhsm2:softhsm2-util opensc:pkcs11-tool
+need_packages opensc:pkcs11-tool
+[ "${DEMO_UPSTREAM:-soft}" = softhsm ] && need_packages softhsm2:softhsm2-util
 
 step "Building libp11gate.so (release)"
 cargo build --release --quiet
@@ -19,18 +21,28 @@ module="$here/target/release/libp11gate.so"
 demo_dir="${DEMO_DIR:-$here/target/demo}"
 rm -rf "$demo_dir"
 mkdir -p "$demo_dir/tokens"
-export SOFTHSM2_CONF="$demo_dir/softhsm2.conf"
-printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$demo_dir/tokens" >"$SOFTHSM2_CONF"
-softhsm_lib=$(softhsm_module)
-
-step "Making a token 'vault' (SoftHSMv2 in $demo_dir) behind p11gate"
 so_pin=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 user_pin=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-softhsm2-util --init-token --free --label vault --so-pin "$so_pin" --pin "$user_pin" >/dev/null
 printf '%s\n' "$user_pin" >"$demo_dir/pin"
 chmod 600 "$demo_dir/pin"
 
-export P11GATE_UPSTREAM="$softhsm_lib"
+if [ "${DEMO_UPSTREAM:-soft}" = softhsm ]; then
+  export SOFTHSM2_CONF="$demo_dir/softhsm2.conf"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$demo_dir/tokens" >"$SOFTHSM2_CONF"
+  softhsm_lib=$(softhsm_module)
+  step "Making a token 'vault' (SoftHSMv2 in $demo_dir) behind p11gate"
+  softhsm2-util --init-token --free --label vault --so-pin "$so_pin" --pin "$user_pin" >/dev/null
+  export P11GATE_UPSTREAM="$softhsm_lib"
+  backend_env="#   P11GATE_UPSTREAM=$softhsm_lib
+#   SOFTHSM2_CONF=$SOFTHSM2_CONF"
+else
+  step "Making a token 'vault': p11gate's built-in soft token in $demo_dir/tokens"
+  export P11GATE_HOME="$demo_dir/tokens"
+  unset P11GATE_UPSTREAM
+  printf '%s\n%s\n' "$so_pin" "$user_pin" | "$here/target/release/p11gate" token init --label vault
+  backend_env="#   P11GATE_HOME=$P11GATE_HOME"
+fi
+
 export P11GATE_CONFIG="$demo_dir/p11gate.toml"   # absent: the environment says everything
 export P11GATE_LOG="$demo_dir/p11gate.log"
 export P11GATE_LOG_LEVEL=info
@@ -108,6 +120,5 @@ seal "pkcs11" {
   mechanism      = "0x1085"   # CKM_AES_CBC_PAD with HMAC; or "0x1087" (AES-GCM), "0x0009" (RSA-OAEP)
 }
 # And in Vault's service environment (systemd Environment=), so p11gate finds the token:
-#   P11GATE_UPSTREAM=$softhsm_lib
-#   SOFTHSM2_CONF=$SOFTHSM2_CONF
+$backend_env
 STANZA
