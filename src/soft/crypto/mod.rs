@@ -89,7 +89,8 @@ pub trait SignOp: Send {
     fn multipart(&self) -> bool;
 }
 
-/// A digest in progress.
+/// A digest in progress. (`len` is the digest's length; there is no "empty" digest.)
+#[allow(clippy::len_without_is_empty)]
 pub trait DigestOp: Send {
     fn update(&mut self, data: &[u8]);
     fn finish(&mut self) -> Vec<u8>;
