@@ -243,10 +243,8 @@ impl SoftBackend {
             return Err(rv(CKR_SESSION_READ_ONLY));
         }
         self.change(t, |store, lock, st| {
-            let record = encode_record(st, h as u64, &o)?;
-            store
-                .put_object(lock, h as u64, &record)
-                .map_err(store_error)?;
+            let record = encode_record(st, h, &o)?;
+            store.put_object(lock, h, &record).map_err(store_error)?;
             st.objects.insert(h, Arc::new(o));
             Ok(())
         })
@@ -983,7 +981,7 @@ impl Backend for SoftBackend {
             for (h, body) in sealed {
                 let mut record = vec![1u8];
                 record.extend_from_slice(&body);
-                load_record(&mut st, h as u64, record)?;
+                load_record(&mut st, h, record)?;
             }
         }
         Ok(())
@@ -1049,7 +1047,7 @@ impl Backend for SoftBackend {
             return Err(rv(CKR_SESSION_READ_ONLY));
         }
         self.change(t, |store, lock, st| {
-            store.delete_object(lock, obj as u64).map_err(store_error)?;
+            store.delete_object(lock, obj).map_err(store_error)?;
             st.objects.remove(&obj);
             Ok(())
         })

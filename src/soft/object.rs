@@ -381,7 +381,7 @@ impl Object {
         let mut out = Zeroizing::new(Vec::with_capacity(64 * self.attrs.len()));
         out.extend_from_slice(&(self.attrs.len() as u32).to_le_bytes());
         for (ty, v) in &self.attrs {
-            out.extend_from_slice(&(*ty as u64).to_le_bytes());
+            out.extend_from_slice(&(*ty).to_le_bytes());
             out.extend_from_slice(&(v.len() as u32).to_le_bytes());
             out.extend_from_slice(v);
         }
