@@ -92,7 +92,9 @@ extern "C" {
 /* The key file of the audit file's HMAC chain (overrides [audit] key_file). */
 #define P11GATE_ENV_AUDIT_KEY "P11GATE_AUDIT_KEY"
 
-/* Reserved for the built-in soft token (a later version): its number of slots and its storage. */
+/* The built-in soft token, served when no upstream is configured: its number of slots (default
+ * 1) and the directory holding one token<N> directory per slot (default $XDG_DATA_HOME/p11gate,
+ * else ~/.local/share/p11gate). */
 #define P11GATE_ENV_NUM_SLOTS "P11GATE_NUM_SLOTS"
 #define P11GATE_ENV_HOME "P11GATE_HOME"
 
