@@ -37,6 +37,9 @@ fn child_process() {
     s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
         .expect("C_Login");
     let mut out = std::io::stdout().lock();
+    // The test harness has written "test child_process ... " without a newline: end that line
+    // so that every line of ours stands alone.
+    writeln!(out).unwrap();
     let keys = s
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .expect("C_FindObjects");
