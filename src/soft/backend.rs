@@ -45,6 +45,72 @@ fn store_error(e: StoreError) -> Error {
     rv(CKR_DEVICE_ERROR)
 }
 
+/// Objects by handle, indexed by label: Vault looks its keys up by label on every operation,
+/// and a token may hold thousands of objects.
+#[derive(Debug, Default)]
+struct ObjectSet {
+    map: HashMap<O, Arc<Object>>,
+    by_label: HashMap<Vec<u8>, Vec<O>>,
+}
+
+fn label_of(o: &Object) -> &[u8] {
+    o.get(CKA_LABEL).unwrap_or(&[])
+}
+
+impl ObjectSet {
+    fn insert(&mut self, h: O, o: Arc<Object>) {
+        self.by_label
+            .entry(label_of(&o).to_vec())
+            .or_default()
+            .push(h);
+        if let Some(old) = self.map.insert(h, o) {
+            self.unindex(h, &old);
+        }
+    }
+
+    fn remove(&mut self, h: &O) -> Option<Arc<Object>> {
+        let old = self.map.remove(h)?;
+        self.unindex(*h, &old);
+        Some(old)
+    }
+
+    fn unindex(&mut self, h: O, old: &Object) {
+        let label = label_of(old);
+        let mut empty = false;
+        if let Some(v) = self.by_label.get_mut(label) {
+            if let Some(i) = v.iter().position(|x| *x == h) {
+                v.swap_remove(i);
+            }
+            empty = v.is_empty();
+        }
+        if empty {
+            self.by_label.remove(label);
+        }
+    }
+
+    fn get(&self, h: &O) -> Option<&Arc<Object>> {
+        self.map.get(h)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.by_label.clear();
+    }
+
+    fn with_label(&self, label: &[u8]) -> &[O] {
+        self.by_label.get(label).map_or(&[], Vec::as_slice)
+    }
+
+    /// Handles of the objects `f` selects.
+    fn handles_where(&self, f: impl Fn(&Object) -> bool) -> Vec<O> {
+        self.map
+            .iter()
+            .filter(|(_, o)| f(o))
+            .map(|(h, _)| *h)
+            .collect()
+    }
+}
+
 /// What one process knows of one token.
 #[derive(Debug, Default)]
 struct TokenState {
@@ -52,11 +118,12 @@ struct TokenState {
     /// The store generation the cache reflects (None: never loaded).
     generation: Option<u64>,
     /// Token objects readable now (public ones; private ones once the user is logged in).
-    objects: HashMap<O, Arc<Object>>,
+    objects: ObjectSet,
     /// Private token objects still sealed (not logged in).
     sealed: HashMap<O, Vec<u8>>,
-    /// Session objects, with the session that made them.
-    session_objects: HashMap<O, (S, Arc<Object>)>,
+    /// Session objects, and the session that made each.
+    session_objects: ObjectSet,
+    owners: HashMap<O, S>,
     login: Option<CK_USER_TYPE>,
     token_key: Option<Zeroizing<[u8; 32]>>,
 }
@@ -214,7 +281,9 @@ impl SoftBackend {
         drop(st);
         if !o.is_token() {
             let h = self.next_object.fetch_add(1, Ordering::Relaxed);
-            t.state.write().session_objects.insert(h, (s, Arc::new(o)));
+            let mut st = t.state.write();
+            st.session_objects.insert(h, Arc::new(o));
+            st.owners.insert(h, s);
             return Ok(h);
         }
         if !sess.rw {
@@ -231,12 +300,8 @@ impl SoftBackend {
 
     fn replace_object(&self, sess: &Session, h: O, o: Object) -> Result<()> {
         let t = &self.tokens[sess.slot];
-        if let Some((owner, _)) = t.state.read().session_objects.get(&h) {
-            let owner = *owner;
-            t.state
-                .write()
-                .session_objects
-                .insert(h, (owner, Arc::new(o)));
+        if t.state.read().session_objects.get(&h).is_some() {
+            t.state.write().session_objects.insert(h, Arc::new(o));
             return Ok(());
         }
         if !sess.rw {
@@ -494,24 +559,27 @@ impl SoftBackend {
         result.map_err(rv)
     }
 
-    fn all_objects(&self, slot: usize, s: S) -> Vec<(O, Arc<Object>)> {
+    /// The handles of the objects the session may see that match `wanted`, highest first (the
+    /// search hands them out from the end). A label in the template narrows the search to the
+    /// objects with that label.
+    fn matching(&self, slot: usize, wanted: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> Vec<O> {
         let st = self.tokens[slot].state.read();
         let user = st.login == Some(CKU_USER);
-        let mut all: Vec<(O, Arc<Object>)> = st
-            .objects
-            .iter()
-            .filter(|(_, o)| user || !o.is_private())
-            .map(|(h, o)| (*h, o.clone()))
-            .collect();
-        all.extend(
-            st.session_objects
-                .iter()
-                .filter(|(_, (_, o))| user || !o.is_private())
-                .map(|(h, (_, o))| (*h, o.clone())),
-        );
-        let _ = s;
-        all.sort_by_key(|(h, _)| *h);
-        all
+        let fits = |o: &Object| (user || !o.is_private()) && o.matches(wanted);
+        let label = wanted.iter().find(|(t, _)| *t == CKA_LABEL).map(|(_, v)| v);
+        let mut found = Vec::new();
+        for set in [&st.objects, &st.session_objects] {
+            match label {
+                Some(l) => found.extend(
+                    set.with_label(l)
+                        .iter()
+                        .filter(|h| set.get(h).is_some_and(|o| fits(o))),
+                ),
+                None => found.extend(set.handles_where(fits)),
+            }
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found
     }
 }
 
@@ -520,7 +588,7 @@ fn lookup(st: &TokenState, h: O) -> Option<Arc<Object>> {
         .objects
         .get(&h)
         .cloned()
-        .or_else(|| st.session_objects.get(&h).map(|(_, o)| o.clone()))?;
+        .or_else(|| st.session_objects.get(&h).cloned())?;
     (!o.is_private() || st.login == Some(CKU_USER)).then_some(o)
 }
 
@@ -896,18 +964,22 @@ impl Backend for SoftBackend {
         let slot = sess.lock().slot;
         let t = &self.tokens[slot];
         let mut st = t.state.write();
-        st.session_objects.retain(|_, (owner, _)| *owner != s);
+        let owned: Vec<O> = st
+            .owners
+            .iter()
+            .filter(|(_, owner)| **owner == s)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in owned {
+            st.session_objects.remove(&h);
+            st.owners.remove(&h);
+        }
         let still_open = self.sessions.read().values().any(|x| x.lock().slot == slot);
         if !still_open {
             // The last session: the application is logged out (PKCS#11 2.40 §5.6).
             st.login = None;
             st.token_key = None;
-            let private: Vec<O> = st
-                .objects
-                .iter()
-                .filter(|(_, o)| o.is_private())
-                .map(|(h, _)| *h)
-                .collect();
+            let private = st.objects.handles_where(Object::is_private);
             for h in private {
                 st.objects.remove(&h);
             }
@@ -996,16 +1068,14 @@ impl Backend for SoftBackend {
         }
         st.login = None;
         st.token_key = None;
-        let private: Vec<O> = st
-            .objects
-            .iter()
-            .filter(|(_, o)| o.is_private())
-            .map(|(h, _)| *h)
-            .collect();
+        let private = st.objects.handles_where(Object::is_private);
         for h in private {
             st.objects.remove(&h);
         }
-        st.session_objects.retain(|_, (_, o)| !o.is_private());
+        for h in st.session_objects.handles_where(Object::is_private) {
+            st.session_objects.remove(&h);
+            st.owners.remove(&h);
+        }
         // Re-read so that private records are held sealed again.
         st.generation = None;
         Ok(())
@@ -1040,8 +1110,12 @@ impl Backend for SoftBackend {
             return Err(rv(CKR_ACTION_PROHIBITED));
         }
         let t = &self.tokens[g.slot];
-        if t.state.write().session_objects.remove(&obj).is_some() {
-            return Ok(());
+        {
+            let mut st = t.state.write();
+            if st.session_objects.remove(&obj).is_some() {
+                st.owners.remove(&obj);
+                return Ok(());
+            }
         }
         if !g.rw {
             return Err(rv(CKR_SESSION_READ_ONLY));
@@ -1113,14 +1187,7 @@ impl Backend for SoftBackend {
         for (ty, v) in t.entries() {
             wanted.push((ty, v.ok_or(rv(CKR_ATTRIBUTE_VALUE_INVALID))?.to_vec()));
         }
-        let mut found: Vec<O> = self
-            .all_objects(g.slot, s)
-            .into_iter()
-            .filter(|(_, o)| o.matches(&wanted))
-            .map(|(h, _)| h)
-            .collect();
-        found.reverse();
-        g.find = Some(found);
+        g.find = Some(self.matching(g.slot, &wanted));
         Ok(())
     }
 
