@@ -293,8 +293,12 @@ pub enum OnFailure {
 pub struct UpstreamConfig {
     /// A short name for logs and `[[slot]]` entries.
     pub name: Spanned<String>,
-    /// Path of the module's shared library.
+    /// Path of the module's shared library (or `soft_token` instead).
+    #[serde(default)]
     pub path: PathBuf,
+    /// Instead of a module: a built-in soft token kept in this directory (one slot, id 0).
+    #[serde(default)]
+    pub soft_token: Option<PathBuf>,
     /// Passed to the module's `C_Initialize` as `pReserved` (NSS-style module arguments).
     #[serde(default)]
     pub init_args: Option<String>,
@@ -619,6 +623,7 @@ impl Config {
                         .map_or_else(|| "upstream".into(), |s| s.to_string_lossy().into_owned()),
                 ),
                 path,
+                soft_token: None,
                 init_args: None,
                 profiles: Vec::new(),
                 allow: None,
@@ -781,11 +786,26 @@ impl Config {
             ));
         }
         for (i, u) in self.upstreams.iter().enumerate() {
-            if u.path.as_os_str().is_empty() {
-                return Err(place.at(
-                    u.name.span(),
-                    format_args!("upstream {:?} has an empty path", u.name.get_ref()),
-                ));
+            match (u.path.as_os_str().is_empty(), &u.soft_token) {
+                (true, None) => {
+                    return Err(place.at(
+                        u.name.span(),
+                        format_args!(
+                        "upstream {:?} needs a path (a PKCS#11 module) or soft_token (a directory)",
+                        u.name.get_ref()
+                    ),
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(place.at(
+                        u.name.span(),
+                        format_args!(
+                            "upstream {:?} has both a path and soft_token: it is one or the other",
+                            u.name.get_ref()
+                        ),
+                    ))
+                }
+                _ => {}
             }
             if let Some(line) = place.earlier(&self.upstreams[..i], |o| &o.name, &u.name) {
                 return Err(place.at(

@@ -223,13 +223,9 @@ fn build_router(config: &Config, app: &App) -> Result<Router> {
     }
     if config.slots.is_empty() {
         // Passthrough: the one upstream's slots, unchanged (Config::parse allows one only).
-        let upstream = Upstream::load(&config.upstreams[0])?;
+        let upstream = load_backend(config, 0)?;
         let entry = SlotEntry::new(0, 0, None, config.upstream_policy(0), None);
-        return Ok(Router::new(
-            app.name.clone(),
-            vec![Box::new(upstream)],
-            vec![entry],
-        ));
+        return Ok(Router::new(app.name.clone(), vec![upstream], vec![entry]));
     }
     // Only the upstreams this app uses: another app's HSM being down must not stop this one.
     let mut used: Vec<usize> = Vec::new();
@@ -256,9 +252,22 @@ fn build_router(config: &Config, app: &App) -> Result<Router> {
     }
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
     for &u in &used {
-        backends.push(Box::new(Upstream::load(&config.upstreams[u])?));
+        backends.push(load_backend(config, u)?);
     }
     Ok(Router::new(app.name.clone(), backends, entries))
+}
+
+/// The backend of `[[upstream]]` number `index`: its module, loaded, or its soft token.
+pub fn load_backend(config: &Config, index: usize) -> Result<Box<dyn Backend>> {
+    let u = &config.upstreams[index];
+    Ok(match &u.soft_token {
+        Some(dir) => Box::new(crate::soft::backend::SoftBackend::new(
+            u.name.get_ref(),
+            vec![dir.clone()],
+            config.soft_token.max_pin_failures,
+        )),
+        None => Box::new(Upstream::load(u)?),
+    })
 }
 
 /// One info line per mapped slot: where its token is now.

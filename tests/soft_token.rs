@@ -314,3 +314,68 @@ fn pkcs11_tool_test_passes_on_the_soft_token() {
         "pkcs11-tool --test:\n{text}"
     );
 }
+
+#[test]
+fn a_mapped_slot_can_be_a_soft_token_in_its_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_dir = dir.path().join("lab-token");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p11gate"))
+        .args(["token", "init", "--label", "lab", "--dir"])
+        .arg(&token_dir)
+        .env("P11GATE_CONFIG", "/nonexistent/p11gate.toml")
+        .env_remove("P11GATE_UPSTREAM")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{SO_PIN}\n{USER_PIN}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let config = dir.path().join("p11gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"lab\"\nsoft_token = \"{}\"\nprofiles = [\"no-aes-cbc\"]\n\n\
+             [[slot]]\nid = 7\nupstream = \"lab\"\ntoken_label = \"lab\"\n",
+            token_dir.display()
+        ),
+    )
+    .unwrap();
+    let env = vec![
+        ("P11GATE_CONFIG".to_string(), config.display().to_string()),
+        ("P11GATE_AUDIT".to_string(), "off".to_string()),
+        ("P11GATE_LOG".to_string(), "stderr".to_string()),
+    ];
+    let _guard = common::in_process(&env);
+    std::env::remove_var("P11GATE_UPSTREAM");
+    std::env::remove_var("P11GATE_HOME");
+    let p = Pkcs11::new(common::module()).unwrap();
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slots = p.get_slots_with_token().unwrap();
+    assert_eq!(slots.iter().map(|s| s.id()).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(p.get_token_info(slots[0]).unwrap().label(), "lab");
+    let mechanisms = p.get_mechanism_list(slots[0]).unwrap();
+    assert!(mechanisms.contains(&cryptoki::mechanism::MechanismType::AES_GCM));
+    assert!(
+        !mechanisms.contains(&cryptoki::mechanism::MechanismType::AES_CBC_PAD),
+        "the upstream's profile filters the soft token too"
+    );
+    let s = login(&p);
+    let key = aes_key(&s, "lab-key");
+    let mut iv = [1u8; 12];
+    let gcm = GcmParams::new(&mut iv, &[], 128.into()).unwrap();
+    let ct = s.encrypt(&Mechanism::AesGcm(gcm), key, PLAINTEXT).unwrap();
+    let gcm = GcmParams::new(&mut iv, &[], 128.into()).unwrap();
+    assert_eq!(
+        s.decrypt(&Mechanism::AesGcm(gcm), key, &ct).unwrap(),
+        PLAINTEXT
+    );
+    drop(s);
+    p.finalize().unwrap();
+}

@@ -19,7 +19,6 @@ use std::process::ExitCode;
 use pkcs11_sys::*;
 
 use p11gate::audit::{self, chain};
-use p11gate::backend::upstream::Upstream;
 use p11gate::backend::{Backend, InitArgs};
 use p11gate::config::{self, Config, Source, TokenTarget};
 use p11gate::credentials;
@@ -42,9 +41,10 @@ const USAGE: &str = "usage:
   p11gate audit summary [FILE|-] [--since TIME] [--app NAME] [--key LABEL] [--fn NAME] [--errors] [--json]
                                 counts, errors, refusals and first/last time per app, key and
                                 function, from JSON lines or syslog text (default: standard input)
-  p11gate token init [--slot N] [--label LABEL]
+  p11gate token init [--slot N | --dir DIR] [--label LABEL]
                                 initialise the built-in soft token of slot N (default 0) in
-                                $P11GATE_HOME: asks for the SO PIN and the user PIN (without echo
+                                $P11GATE_HOME, or the one in DIR (an [[upstream]] soft_token):
+                                asks for the SO PIN and the user PIN (without echo
                                 on a terminal, else two lines of standard input: SO PIN, user
                                 PIN). An initialised token needs its current SO PIN; all its
                                 objects are destroyed";
@@ -109,7 +109,15 @@ fn config_check(file: Option<PathBuf>) -> ExitCode {
 /// Prints, per app, where each slot leads, asking the upstreams (initialised here, finalised
 /// before returning).
 fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
-    let mut upstreams: Vec<Option<Upstream>> = config.upstreams.iter().map(|_| None).collect();
+    if config.upstreams.is_empty() {
+        println!("no upstream: the built-in soft token");
+        for (slot, dir) in config.soft_token.token_dirs().iter().enumerate() {
+            println!("  slot {slot}: {}", dir.display());
+        }
+        return Ok(());
+    }
+    let mut upstreams: Vec<Option<Box<dyn Backend>>> =
+        config.upstreams.iter().map(|_| None).collect();
     let result = (|| {
         let apps: Vec<String> = if config.apps.is_empty() {
             vec![config::DEFAULT_APP_NAME.to_string()]
@@ -136,7 +144,7 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
                 println!(
                     "  all slots of upstream {:?} ({}), ids unchanged",
                     u.name.get_ref(),
-                    u.path.display()
+                    where_from(u)
                 );
                 let backend = upstream(config, &mut upstreams, 0)?;
                 let policy = config.upstream_policy(0);
@@ -168,7 +176,7 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
                     "  slot {} -> upstream {:?} ({}), {target}: {}",
                     slot.id.get_ref().0,
                     slot.upstream.get_ref(),
-                    config.upstreams[u].path.display(),
+                    where_from(&config.upstreams[u]),
                     match (found, &target) {
                         (None, _) => "not present".to_string(),
                         (Some(_), TokenTarget::Slot(_)) => "token present".to_string(),
@@ -205,11 +213,11 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
 
 fn upstream<'a>(
     config: &Config,
-    loaded: &'a mut [Option<Upstream>],
+    loaded: &'a mut [Option<Box<dyn Backend>>],
     index: usize,
-) -> Result<&'a Upstream, String> {
+) -> Result<&'a dyn Backend, String> {
     if loaded[index].is_none() {
-        let u = Upstream::load(&config.upstreams[index]).map_err(|e| e.to_string())?;
+        let u = p11gate::runtime::load_backend(config, index).map_err(|e| e.to_string())?;
         u.initialize(&InitArgs {
             flags: CKF_OS_LOCKING_OK,
             mutexes: None,
@@ -222,11 +230,19 @@ fn upstream<'a>(
         })?;
         loaded[index] = Some(u);
     }
-    Ok(loaded[index].as_ref().expect("loaded above"))
+    Ok(loaded[index].as_deref().expect("loaded above"))
+}
+
+/// Where an upstream comes from: its module's path, or its soft token's directory.
+fn where_from(u: &config::UpstreamConfig) -> String {
+    match &u.soft_token {
+        Some(dir) => format!("soft token in {}", dir.display()),
+        None => u.path.display().to_string(),
+    }
 }
 
 fn show_mechanisms(
-    backend: &Upstream,
+    backend: &dyn Backend,
     slot: CK_SLOT_ID,
     filter: &p11gate::policy::MechanismFilter,
 ) {
@@ -381,6 +397,7 @@ fn audit_verify(file: &str, key: Option<&str>) -> ExitCode {
 /// `p11gate token init`: C_InitToken and C_InitPIN on a soft token, in this process.
 fn token_init(args: &[&str]) -> ExitCode {
     let (mut slot, mut label) = (0u64, "p11gate".to_string());
+    let mut dir_arg: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (*a, it.next()) {
@@ -392,6 +409,7 @@ fn token_init(args: &[&str]) -> ExitCode {
                 }
             },
             ("--label", Some(v)) if v.len() <= 32 => label = v.to_string(),
+            ("--dir", Some(v)) => dir_arg = Some(PathBuf::from(v)),
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
@@ -399,13 +417,16 @@ fn token_init(args: &[&str]) -> ExitCode {
         }
     }
     let getenv = |k: &str| std::env::var(k).ok();
-    let config = match Config::discover(getenv) {
-        Ok((c, _)) if c.upstreams.is_empty() => c,
-        Ok(_) => {
-            eprintln!("token init: this configuration has upstreams; soft tokens are used when it has none");
+    let config = match (Config::discover(getenv), &dir_arg) {
+        (Ok((c, _)), None) if c.upstreams.is_empty() => c,
+        (Ok((c, _)), Some(_)) => c,
+        (Ok(_), None) => {
+            eprintln!(
+                "token init: this configuration has upstreams; name a soft token's directory with --dir"
+            );
             return ExitCode::from(1);
         }
-        Err(e) => {
+        (Err(e), _) => {
             eprintln!("token init: {e}");
             return ExitCode::from(1);
         }
@@ -417,7 +438,13 @@ fn token_init(args: &[&str]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let dirs = config.soft_token.token_dirs();
+    let dirs = match &dir_arg {
+        Some(d) => {
+            slot = 0;
+            vec![d.clone()]
+        }
+        None => config.soft_token.token_dirs(),
+    };
     let Some(dir) = dirs.get(slot as usize).cloned() else {
         eprintln!(
             "token init: there is no slot {slot} ({} configured)",
