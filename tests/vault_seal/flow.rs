@@ -63,6 +63,53 @@ pub fn expect_failure<T: std::fmt::Debug>(r: cryptoki::error::Result<T>, what: &
     }
 }
 
+/// Where the modules the flow runs against differ (the assertions that do not depend on it are
+/// the same for every profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// RSA-OAEP with SHA-256 / MGF1-SHA256 (Vault's default `rsa_oaep_hash`) round-trips; when
+    /// false it is expected to be refused (SoftHSMv2 2.6 does OAEP with SHA-1 only).
+    pub oaep_sha256: bool,
+    /// Also seal with CKM_AES_CBC (0x1082: the caller pads, PKCS#7) + HMAC-SHA256, besides
+    /// CKM_AES_CBC_PAD.
+    pub aes_cbc: bool,
+}
+
+/// SoftHSMv2 2.6, directly or through p11gate.
+pub const SOFTHSM: Profile = Profile {
+    oaep_sha256: false,
+    aes_cbc: false,
+};
+
+/// p11gate's built-in soft token (tests/vault_seal_soft.rs).
+#[allow(dead_code)]
+pub const SOFT_TOKEN: Profile = Profile {
+    oaep_sha256: true,
+    aes_cbc: true,
+};
+
+/// How a module answered a request that may be refused (by one profile, or by every module that
+/// is right). Compares equal to a [`Failure`] only when it is that refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Refused(Failure),
+    Worked,
+}
+
+impl PartialEq<Failure> for Answer {
+    fn eq(&self, other: &Failure) -> bool {
+        matches!(self, Answer::Refused(f) if f == other)
+    }
+}
+
+/// [`Answer::Refused`] with the failure, or [`Answer::Worked`].
+pub fn answer<T>(r: cryptoki::error::Result<T>) -> Answer {
+    match r {
+        Ok(_) => Answer::Worked,
+        Err(e) => Answer::Refused(failure(e)),
+    }
+}
+
 /// What one run of the flow observed that must not depend on whether p11gate sits in between.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -73,9 +120,15 @@ pub struct Report {
     /// An old entry opened with the rotated (wrong) key.
     pub gcm_wrong_key: Failure,
     pub hmac_bad_mac: Failure,
-    pub hmac_with_aes_key: Failure,
-    pub oaep_sha256_encrypt: Failure,
-    pub oaep_sha256_decrypt: Failure,
+    /// C_Sign(CKM_SHA256_HMAC) with the AES key. Recorded rather than asserted on the spot, so a
+    /// module that wrongly serves it still runs the rest of the flow; the tests assert the refusal.
+    pub hmac_with_aes_key: Answer,
+    pub oaep_sha256_encrypt: Answer,
+    pub oaep_sha256_decrypt: Answer,
+    /// With `Profile::oaep_sha256`: an OAEP-SHA256 ciphertext decrypted as OAEP-SHA1.
+    pub oaep_wrong_hash: Option<Failure>,
+    /// With `Profile::aes_cbc`: C_Encrypt(CKM_AES_CBC) of data that is not a whole number of blocks.
+    pub cbc_unaligned: Option<Failure>,
     /// (call, rv, *pulLen) of every raw call in the two-call checks.
     pub raw_calls: Vec<(&'static str, CK_RV, CK_ULONG)>,
     /// C_Encrypt on the pre-restart session handle: after C_Finalize, then after C_Initialize.
@@ -620,6 +673,57 @@ pub fn cbc_open(s: &Session, k: &Keys, b: &CbcBlob) -> Vec<u8> {
         .expect("C_Decrypt(CKM_AES_CBC_PAD)")
 }
 
+/// PKCS#7 padding to whole AES blocks (what Vault does for CKM_AES_CBC).
+pub fn pkcs7_pad(pt: &[u8]) -> Vec<u8> {
+    let n = 16 - pt.len() % 16;
+    let mut v = pt.to_vec();
+    v.resize(pt.len() + n, n as u8);
+    v
+}
+
+pub fn pkcs7_unpad(padded: &[u8]) -> &[u8] {
+    let n = *padded.last().expect("non-empty padded data") as usize;
+    assert!(
+        (1..=16).contains(&n) && padded.len() >= n,
+        "PKCS#7 padding byte {n}"
+    );
+    assert!(
+        padded[padded.len() - n..].iter().all(|&b| b as usize == n),
+        "PKCS#7 padding bytes"
+    );
+    &padded[..padded.len() - n]
+}
+
+/// Encrypt-then-MAC with CKM_AES_CBC (0x1082): pad in software, encrypt whole blocks, HMAC over
+/// IV || ciphertext.
+pub fn cbc_raw_seal(s: &Session, k: &Keys, iv: [u8; 16], pt: &[u8]) -> CbcBlob {
+    let padded = pkcs7_pad(pt);
+    let ct = s
+        .encrypt(&Mechanism::AesCbc(iv), k.aes, &padded)
+        .expect("C_Encrypt(CKM_AES_CBC)");
+    assert_eq!(ct.len(), padded.len(), "CBC output length");
+    let mac = s
+        .sign(&Mechanism::Sha256Hmac, k.hmac, &[&iv[..], &ct].concat())
+        .expect("C_Sign(HMAC)");
+    assert_eq!(mac.len(), 32, "HMAC-SHA256 length");
+    CbcBlob { iv, ct, mac }
+}
+
+/// Verify, decrypt with CKM_AES_CBC, unpad.
+pub fn cbc_raw_open(s: &Session, k: &Keys, b: &CbcBlob) -> Vec<u8> {
+    s.verify(
+        &Mechanism::Sha256Hmac,
+        k.hmac,
+        &[&b.iv[..], &b.ct].concat(),
+        &b.mac,
+    )
+    .expect("C_Verify(HMAC)");
+    let padded = s
+        .decrypt(&Mechanism::AesCbc(b.iv), k.aes, &b.ct)
+        .expect("C_Decrypt(CKM_AES_CBC)");
+    pkcs7_unpad(&padded).to_vec()
+}
+
 fn oaep(hash: MechanismType, mgf: PkcsMgfType) -> Mechanism<'static> {
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
 }
@@ -632,7 +736,7 @@ pub fn oaep_sha256() -> Mechanism<'static> {
     oaep(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256)
 }
 
-fn random_array<const N: usize>(s: &Session) -> [u8; N] {
+pub fn random_array<const N: usize>(s: &Session) -> [u8; N] {
     s.generate_random_vec(N as u32)
         .expect("C_GenerateRandom")
         .try_into()
@@ -817,6 +921,11 @@ fn raw_two_call(raw: &Raw, s: &Session, k: &Keys) -> Vec<(&'static str, CK_RV, C
 
 /// The whole seal flow on one fresh token: setup, round trips, error answers, restart.
 pub fn run_flow(module: &Path, token_label: &str) -> Outcome {
+    run_flow_as(module, token_label, SOFTHSM)
+}
+
+/// [`run_flow`] with the profile-dependent parts chosen by `profile`.
+pub fn run_flow_as(module: &Path, token_label: &str, profile: Profile) -> Outcome {
     let mut plaintexts: Vec<Vec<u8>> = Vec::new();
     let mut ciphertexts: Vec<Vec<u8>> = Vec::new();
     let client = Client::init(module);
@@ -971,17 +1080,39 @@ pub fn run_flow(module: &Path, token_label: &str) -> Outcome {
         ),
         "verify a tampered MAC",
     );
-    let hmac_with_aes_key = expect_failure(
-        s.sign(&Mechanism::Sha256Hmac, keys.aes, b"x"),
-        "HMAC with the AES key",
-    );
+    let hmac_with_aes_key = answer(s.sign(&Mechanism::Sha256Hmac, keys.aes, b"x"));
     assert_eq!(
         cbc_open(&s, &keys, &cbc),
         CBC_PAYLOAD,
         "session usable after failed verify/sign"
     );
 
-    // RSA-OAEP: SHA-1/MGF1-SHA1 works on SoftHSMv2 2.6; SHA-256 (Vault's default) is refused.
+    // AES-CBC (0x1082) + HMAC-SHA256: Vault pads; the same bytes as CBC-PAD under the same IV.
+    let (cbc_raw, cbc_unaligned) = if profile.aes_cbc {
+        let blob = cbc_raw_seal(&s, &keys, cbc.iv, CBC_PAYLOAD);
+        assert_eq!(
+            blob.ct, cbc.ct,
+            "CKM_AES_CBC of the PKCS#7-padded payload = CKM_AES_CBC_PAD of the payload"
+        );
+        let blob = cbc_raw_seal(&s, &keys, random_array(&s), CBC_PAYLOAD);
+        assert_eq!(cbc_raw_open(&s, &keys, &blob), CBC_PAYLOAD);
+        ciphertexts.push(blob.ct.clone());
+        let unaligned = expect_failure(
+            s.encrypt(&Mechanism::AesCbc(blob.iv), keys.aes, CBC_PAYLOAD),
+            "CKM_AES_CBC of unpadded data",
+        );
+        assert_eq!(
+            cbc_raw_open(&s, &keys, &blob),
+            CBC_PAYLOAD,
+            "session usable after a refused C_Encrypt"
+        );
+        (Some(blob), Some(unaligned))
+    } else {
+        (None, None)
+    };
+
+    // RSA-OAEP: SHA-1/MGF1-SHA1 works everywhere; SHA-256 (Vault's default) round-trips on the
+    // soft token and is refused by SoftHSMv2 2.6 (`Profile::oaep_sha256`).
     let rsa_ct = s
         .encrypt(&oaep_sha1(), keys.rsa_pub, RSA_PAYLOAD)
         .expect("C_Encrypt(OAEP-SHA1)");
@@ -993,14 +1124,49 @@ pub fn run_flow(module: &Path, token_label: &str) -> Outcome {
     );
     plaintexts.push(RSA_PAYLOAD.to_vec());
     ciphertexts.push(rsa_ct.clone());
-    let oaep_sha256_encrypt = expect_failure(
-        s.encrypt(&oaep_sha256(), keys.rsa_pub, RSA_PAYLOAD),
-        "OAEP-SHA256 encrypt",
-    );
-    let oaep_sha256_decrypt = expect_failure(
-        s.decrypt(&oaep_sha256(), keys.rsa_priv, &rsa_ct),
-        "OAEP-SHA256 decrypt",
-    );
+    let (oaep_sha256_encrypt, oaep_sha256_decrypt, oaep_wrong_hash, rsa256) = if profile.oaep_sha256
+    {
+        // Vault's default: OAEP with SHA-256 and MGF1-SHA256, no label.
+        let ct = s
+            .encrypt(&oaep_sha256(), keys.rsa_pub, RSA_PAYLOAD)
+            .expect("C_Encrypt(OAEP-SHA256)");
+        assert_eq!(ct.len(), 256);
+        assert_eq!(
+            s.decrypt(&oaep_sha256(), keys.rsa_priv, &ct)
+                .expect("C_Decrypt(OAEP-SHA256)"),
+            RSA_PAYLOAD
+        );
+        ciphertexts.push(ct.clone());
+        let dk_ct = s
+            .encrypt(&oaep_sha256(), keys.rsa_pub, &data_key)
+            .expect("C_Encrypt(OAEP-SHA256) of a data key");
+        assert_eq!(
+            s.decrypt(&oaep_sha256(), keys.rsa_priv, &dk_ct)
+                .expect("C_Decrypt(OAEP-SHA256) of a data key"),
+            data_key
+        );
+        ciphertexts.push(dk_ct);
+        let wrong_hash = expect_failure(
+            s.decrypt(&oaep_sha1(), keys.rsa_priv, &ct),
+            "an OAEP-SHA256 ciphertext opened as OAEP-SHA1",
+        );
+        assert_eq!(
+            s.decrypt(&oaep_sha256(), keys.rsa_priv, &ct)
+                .expect("session usable after a failed C_Decrypt(OAEP)"),
+            RSA_PAYLOAD
+        );
+        (Answer::Worked, Answer::Worked, Some(wrong_hash), Some(ct))
+    } else {
+        let enc = expect_failure(
+            s.encrypt(&oaep_sha256(), keys.rsa_pub, RSA_PAYLOAD),
+            "OAEP-SHA256 encrypt",
+        );
+        let dec = expect_failure(
+            s.decrypt(&oaep_sha256(), keys.rsa_priv, &rsa_ct),
+            "OAEP-SHA256 decrypt",
+        );
+        (Answer::Refused(enc), Answer::Refused(dec), None, None)
+    };
     // The RSA key also wraps a data key (envelope encryption).
     let rsa_dk_ct = s
         .encrypt(&oaep_sha1(), keys.rsa_pub, &data_key)
@@ -1083,6 +1249,20 @@ pub fn run_flow(module: &Path, token_label: &str) -> Outcome {
         CBC_PAYLOAD,
         "CBC+HMAC open after restart"
     );
+    if let Some(blob) = &cbc_raw {
+        assert_eq!(
+            cbc_raw_open(&s, &after, blob),
+            CBC_PAYLOAD,
+            "CKM_AES_CBC+HMAC open after restart"
+        );
+    }
+    if let Some(ct) = &rsa256 {
+        assert_eq!(
+            s.decrypt(&oaep_sha256(), after.rsa_priv, ct)
+                .expect("OAEP-SHA256 decrypt after restart"),
+            RSA_PAYLOAD
+        );
+    }
     assert_eq!(
         s.decrypt(&oaep_sha1(), after.rsa_priv, &rsa_ct)
             .expect("OAEP decrypt after restart"),
@@ -1101,6 +1281,8 @@ pub fn run_flow(module: &Path, token_label: &str) -> Outcome {
             hmac_with_aes_key,
             oaep_sha256_encrypt,
             oaep_sha256_decrypt,
+            oaep_wrong_hash,
+            cbc_unaligned,
             raw_calls,
             stale_session: (stale_finalized, stale_reinit),
         },
