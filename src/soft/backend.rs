@@ -409,6 +409,7 @@ impl SoftBackend {
         if !o.flag(usage) {
             return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
+        check_key_type(m.mechanism_type(), &o)?;
         let params = parse_params(&m)?;
         let op = crypto::cipher(
             m.mechanism_type(),
@@ -434,6 +435,7 @@ impl SoftBackend {
         if !o.flag(usage) {
             return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
+        check_key_type(m.mechanism_type(), &o)?;
         let params = parse_params(&m)?;
         let op = crypto::signer(m.mechanism_type(), &params, o.key_ref().map_err(rv)?, sign)
             .map_err(rv)?;
@@ -646,6 +648,35 @@ fn finish_output(
     *slot = None;
     let bytes = result.map_err(rv)?;
     out.put(&bytes)
+}
+
+/// The key type a mechanism takes, where it takes one kind only (HMAC takes generic secrets,
+/// not AES keys: PKCS#11 2.40 §2.11, as SoftHSMv2 and Vault expect).
+fn required_key_type(m: CK_MECHANISM_TYPE) -> Option<CK_KEY_TYPE> {
+    Some(match m {
+        CKM_AES_GCM | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_ECB | CKM_AES_KEY_WRAP
+        | CKM_AES_KEY_WRAP_PAD => CKK_AES,
+        CKM_SHA_1_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => CKK_GENERIC_SECRET,
+        CKM_RSA_PKCS
+        | CKM_RSA_PKCS_OAEP
+        | CKM_RSA_PKCS_PSS
+        | CKM_SHA256_RSA_PKCS
+        | CKM_SHA384_RSA_PKCS
+        | CKM_SHA512_RSA_PKCS
+        | CKM_SHA256_RSA_PKCS_PSS
+        | CKM_SHA384_RSA_PKCS_PSS
+        | CKM_SHA512_RSA_PKCS_PSS => CKK_RSA,
+        CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384 | CKM_ECDSA_SHA512 => CKK_EC,
+        _ => return None,
+    })
+}
+
+/// Refuses a key of the wrong type for the mechanism.
+fn check_key_type(m: CK_MECHANISM_TYPE, key: &Object) -> Result<()> {
+    match required_key_type(m) {
+        Some(want) if key.key_type() != Some(want) => Err(rv(CKR_KEY_TYPE_INCONSISTENT)),
+        _ => Ok(()),
+    }
 }
 
 fn parse_params(m: &Mechanism<'_>) -> Result<Params> {
@@ -1489,6 +1520,8 @@ impl Backend for SoftBackend {
         if !w.flag(CKA_WRAP) {
             return Err(rv(CKR_WRAPPING_KEY_HANDLE_INVALID));
         }
+        check_key_type(m.mechanism_type(), &w)
+            .map_err(|_| rv(CKR_WRAPPING_KEY_TYPE_INCONSISTENT))?;
         let k = self.object(&g, key)?;
         if !k.flag(CKA_EXTRACTABLE) {
             return Err(rv(CKR_KEY_UNEXTRACTABLE));
@@ -1518,6 +1551,8 @@ impl Backend for SoftBackend {
         if !u.flag(CKA_UNWRAP) {
             return Err(rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID));
         }
+        check_key_type(m.mechanism_type(), &u)
+            .map_err(|_| rv(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT))?;
         let params = parse_params(&m)?;
         let value = crypto::unwrap(
             m.mechanism_type(),
