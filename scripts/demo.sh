@@ -49,7 +49,7 @@ export P11GATE_LOG_LEVEL=info
 # The audit trail: a JSON-lines file with its HMAC chain (and syslog, if a daemon listens).
 "$here/target/release/p11gate" audit keygen "$demo_dir/audit.key" >/dev/null
 audit_sinks="file:$demo_dir/audit.jsonl"
-if [ -S /dev/log ] && command -v logger >/dev/null && logger -t p11gate-demo "p11gate demo starting" 2>/dev/null; then
+if [ -S /dev/log ] && command -v logger >/dev/null && logger --socket-errors=on -t p11gate-demo "p11gate demo starting" 2>/dev/null; then
   audit_sinks="syslog,$audit_sinks"
 fi
 export P11GATE_AUDIT="$audit_sinks" P11GATE_AUDIT_KEY="$demo_dir/audit.key"
