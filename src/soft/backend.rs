@@ -152,6 +152,21 @@ impl std::fmt::Debug for Op {
     }
 }
 
+/// A session: its slot and kind, readable without its lock (counting sessions never waits for
+/// an operation, so that no lock order can deadlock), and its operations behind the lock.
+#[derive(Debug)]
+struct SessionEntry {
+    slot: usize,
+    rw: bool,
+    state: Mutex<Session>,
+}
+
+impl SessionEntry {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Session> {
+        self.state.lock()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Session {
     slot: usize,
@@ -169,7 +184,7 @@ struct Session {
 pub struct SoftBackend {
     name: String,
     tokens: Vec<Token>,
-    sessions: RwLock<HashMap<S, Arc<Mutex<Session>>>>,
+    sessions: RwLock<HashMap<S, Arc<SessionEntry>>>,
     next_session: AtomicU64,
     next_object: AtomicU64,
     max_pin_failures: u32,
@@ -208,7 +223,7 @@ impl SoftBackend {
             .ok_or(rv(CKR_CRYPTOKI_NOT_INITIALIZED))
     }
 
-    fn session(&self, s: S) -> Result<Arc<Mutex<Session>>> {
+    fn session(&self, s: S) -> Result<Arc<SessionEntry>> {
         self.sessions
             .read()
             .get(&s)
@@ -385,7 +400,7 @@ impl SoftBackend {
         &self,
         s: S,
         which: fn(&mut Session) -> &mut Option<Op>,
-    ) -> Result<Arc<Mutex<Session>>> {
+    ) -> Result<Arc<SessionEntry>> {
         let sess = self.session(s)?;
         {
             let mut g = sess.lock();
@@ -803,18 +818,16 @@ impl Backend for SoftBackend {
     fn token_info(&self, slot: CK_SLOT_ID, info: &mut CK_TOKEN_INFO) -> Result<()> {
         let t = self.token(slot)?;
         self.refresh(t)?;
-        let st = t.state.read();
-        let sessions = self.sessions.read();
         let (mut count, mut rw) = (0, 0);
-        for s in sessions.values() {
-            let g = s.lock();
-            if g.slot == slot as usize {
+        for s in self.sessions.read().values() {
+            if s.slot == slot as usize {
                 count += 1;
-                if g.rw {
+                if s.rw {
                     rw += 1;
                 }
             }
         }
+        let st = t.state.read();
         *info = CK_TOKEN_INFO::default();
         info.label = pad32(&st.meta.label);
         info.manufacturerID = pad32("p11gate");
@@ -872,7 +885,7 @@ impl Backend for SoftBackend {
             .sessions
             .read()
             .values()
-            .any(|s| s.lock().slot == slot as usize)
+            .any(|s| s.slot == slot as usize)
         {
             return Err(rv(CKR_SESSION_EXISTS));
         }
@@ -977,11 +990,15 @@ impl Backend for SoftBackend {
         let h = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.sessions.write().insert(
             h,
-            Arc::new(Mutex::new(Session {
+            Arc::new(SessionEntry {
                 slot: slot as usize,
                 rw,
-                ..Session::default()
-            })),
+                state: Mutex::new(Session {
+                    slot: slot as usize,
+                    rw,
+                    ..Session::default()
+                }),
+            }),
         );
         Ok(h)
     }
@@ -992,8 +1009,9 @@ impl Backend for SoftBackend {
             .write()
             .remove(&s)
             .ok_or(rv(CKR_SESSION_HANDLE_INVALID))?;
-        let slot = sess.lock().slot;
+        let slot = sess.slot;
         let t = &self.tokens[slot];
+        let still_open = self.sessions.read().values().any(|x| x.slot == slot);
         let mut st = t.state.write();
         let owned: Vec<O> = st
             .owners
@@ -1005,7 +1023,6 @@ impl Backend for SoftBackend {
             st.session_objects.remove(&h);
             st.owners.remove(&h);
         }
-        let still_open = self.sessions.read().values().any(|x| x.lock().slot == slot);
         if !still_open {
             // The last session: the application is logged out (PKCS#11 2.40 §5.6).
             st.login = None;
@@ -1025,7 +1042,7 @@ impl Backend for SoftBackend {
             .sessions
             .read()
             .iter()
-            .filter(|(_, s)| s.lock().slot == slot as usize)
+            .filter(|(_, s)| s.slot == slot as usize)
             .map(|(h, _)| *h)
             .collect();
         for h in handles {
@@ -1053,7 +1070,7 @@ impl Backend for SoftBackend {
 
     fn login(&self, s: S, user: CK_USER_TYPE, pin: InBuf<'_>) -> Result<()> {
         let sess = self.session(s)?;
-        let slot = sess.lock().slot;
+        let slot = sess.slot;
         let t = &self.tokens[slot];
         match (user, t.state.read().login) {
             (CKU_USER | CKU_SO, Some(current)) if current == user => {
@@ -1065,10 +1082,11 @@ impl Backend for SoftBackend {
             _ => return Err(rv(CKR_USER_TYPE_INVALID)),
         }
         if user == CKU_SO {
-            let any_ro = self.sessions.read().values().any(|x| {
-                let g = x.lock();
-                g.slot == slot && !g.rw
-            });
+            let any_ro = self
+                .sessions
+                .read()
+                .values()
+                .any(|x| x.slot == slot && !x.rw);
             if any_ro {
                 return Err(rv(CKR_SESSION_READ_ONLY_EXISTS));
             }
@@ -1092,7 +1110,7 @@ impl Backend for SoftBackend {
 
     fn logout(&self, s: S) -> Result<()> {
         let sess = self.session(s)?;
-        let slot = sess.lock().slot;
+        let slot = sess.slot;
         let mut st = self.tokens[slot].state.write();
         if st.login.is_none() {
             return Err(rv(CKR_USER_NOT_LOGGED_IN));
