@@ -390,3 +390,135 @@ fn a_mapped_slot_can_be_a_soft_token_in_its_own_directory() {
     drop(s);
     p.finalize().unwrap();
 }
+
+/// pkcs11-tool against the soft token, in `home`'s environment plus `extra`.
+fn tool(home: &Path, extra: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::require_program("pkcs11-tool"))
+        .arg("--module")
+        .arg(common::module())
+        .args(args)
+        .env("P11GATE_HOME", home)
+        .env("P11GATE_CONFIG", "/nonexistent/p11gate.toml")
+        .env("P11GATE_AUDIT", "off")
+        .env("P11GATE_LOG", "stderr")
+        .envs(extra.iter().copied())
+        .env_remove("P11GATE_UPSTREAM")
+        .output()
+        .expect("pkcs11-tool");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn pkcs11_tool_initialises_the_token_and_pins_change_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    // A fresh token is there, uninitialised.
+    let (ok, text) = tool(home, &[], &["--list-token-slots"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("token state:   uninitialized"), "{text}");
+    let (ok, text) = tool(
+        home,
+        &[],
+        &["--init-token", "--label", "by-tool", "--so-pin", SO_PIN],
+    );
+    assert!(ok, "--init-token: {text}");
+    let (ok, text) = tool(
+        home,
+        &[],
+        &[
+            "--init-pin",
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--new-pin",
+            USER_PIN,
+        ],
+    );
+    assert!(ok, "--init-pin: {text}");
+    let (ok, text) = tool(home, &[], &["--list-token-slots"]);
+    assert!(ok && text.contains("by-tool"), "{text}");
+    assert!(text.contains("PIN initialized"), "{text}");
+    // C_SetPIN: the old PIN stops working, the new one works.
+    let new_pin = "changed-user-pin-7734";
+    let (ok, text) = tool(
+        home,
+        &[],
+        &[
+            "--change-pin",
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--new-pin",
+            new_pin,
+        ],
+    );
+    assert!(ok, "--change-pin: {text}");
+    let (ok, text) = tool(home, &[], &["--login", "--pin", USER_PIN, "--list-objects"]);
+    assert!(!ok && text.contains("CKR_PIN_INCORRECT"), "{text}");
+    let (ok, text) = tool(home, &[], &["--login", "--pin", new_pin, "--list-objects"]);
+    assert!(ok, "{text}");
+
+    // A lock after max_pin_failures wrong PINs in a row (3 here), lifted by the SO's C_InitPIN.
+    let config = home.join("p11gate.toml");
+    std::fs::write(&config, "[soft_token]\nmax_pin_failures = 3\n").unwrap();
+    let cfg = [("P11GATE_CONFIG", config.to_str().unwrap())];
+    for _ in 0..2 {
+        let (ok, text) = tool(
+            home,
+            &cfg,
+            &["--login", "--pin", "wrong-pin-0000", "--list-objects"],
+        );
+        assert!(!ok && text.contains("CKR_PIN_INCORRECT"), "{text}");
+    }
+    let (_, text) = tool(home, &cfg, &["--list-token-slots"]);
+    assert!(
+        text.contains("final user PIN try"),
+        "CKF_USER_PIN_FINAL_TRY: {text}"
+    );
+    let (ok, text) = tool(
+        home,
+        &cfg,
+        &["--login", "--pin", "wrong-pin-0000", "--list-objects"],
+    );
+    assert!(!ok && text.contains("CKR_PIN_INCORRECT"), "{text}");
+    let (ok, text) = tool(home, &cfg, &["--login", "--pin", new_pin, "--list-objects"]);
+    assert!(
+        !ok && text.contains("CKR_PIN_LOCKED"),
+        "the right PIN after the lock: {text}"
+    );
+    let (_, text) = tool(home, &cfg, &["--list-token-slots"]);
+    assert!(
+        text.contains("user PIN locked"),
+        "CKF_USER_PIN_LOCKED: {text}"
+    );
+    let (ok, text) = tool(
+        home,
+        &cfg,
+        &[
+            "--init-pin",
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--new-pin",
+            USER_PIN,
+        ],
+    );
+    assert!(ok, "the SO sets a new user PIN: {text}");
+    let (ok, text) = tool(
+        home,
+        &cfg,
+        &["--login", "--pin", USER_PIN, "--list-objects"],
+    );
+    assert!(ok, "{text}");
+}
