@@ -772,6 +772,19 @@ impl Config {
     }
 
     fn check(&self, place: &Place<'_>) -> Result<()> {
+        if !(1..=64).contains(&self.soft_token.slots) {
+            return Err(Error::setup(format!(
+                "config {}: [soft_token] slots = {}: it must be 1 to 64",
+                place.origin.display(),
+                self.soft_token.slots
+            )));
+        }
+        if self.soft_token.max_pin_failures == 0 {
+            return Err(Error::setup(format!(
+                "config {}: [soft_token] max_pin_failures must be at least 1",
+                place.origin.display()
+            )));
+        }
         let queue = &self.audit.queue;
         if !(1..=1 << 20).contains(queue.get_ref()) {
             return Err(place.at(
@@ -1241,5 +1254,42 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("P11GATE_NUM_SLOTS=\"0\""), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod soft_token_tests {
+    use super::*;
+
+    #[test]
+    fn soft_token_settings_are_checked() {
+        let e = Config::parse("[soft_token]\nslots = 0\n", Path::new("c.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml: [soft_token] slots = 0: it must be 1 to 64"
+        );
+        let e =
+            Config::parse("[soft_token]\nmax_pin_failures = 0\n", Path::new("c.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml: [soft_token] max_pin_failures must be at least 1"
+        );
+        let c = Config::parse(
+            "[soft_token]\nhome = \"/srv/t\"\nslots = 3\nmax_pin_failures = 5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.soft_token.token_dirs().len(), 3);
+        assert_eq!(c.soft_token.max_pin_failures, 5);
+        let e = Config::parse(
+            "[[upstream]]\nname = \"x\"\npath = \"/x.so\"\nsoft_token = \"/t\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("upstream \"x\" has both a path and soft_token"),
+            "{e}"
+        );
     }
 }
