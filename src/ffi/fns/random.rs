@@ -48,8 +48,11 @@ pub unsafe extern "C" fn C_GenerateRandom(
             let buf = unsafe { MutBuf::new(RandomData, ulRandomLen) }?;
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
-            call.bytes(0, buf.len());
-            s.backend.generate_random(s.handle, buf)
+            let len = buf.len();
+            // Bytes out only when there are some: a failed call produced none.
+            let result = s.backend.generate_random(s.handle, buf);
+            call.bytes(0, if result.is_ok() { len } else { 0 });
+            result
         },
     )
 }
