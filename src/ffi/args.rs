@@ -15,6 +15,13 @@ use pkcs11_sys::*;
 use crate::error::{Error, Result};
 
 /// An input byte buffer (`pData`, `ulDataLen`): non-NULL unless empty.
+/// Whether `count` elements of `T` could exist at all: no caller has a buffer larger than
+/// `isize::MAX` bytes, and a larger count (`CK_ULONG` max) cannot even be described to Rust
+/// (making such a slice is undefined behaviour). Such counts are refused as arguments.
+fn representable<T>(count: CK_ULONG) -> bool {
+    (count as u128) * (std::mem::size_of::<T>().max(1) as u128) <= isize::MAX as u128
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct InBuf<'a> {
     ptr: *const u8,
@@ -27,7 +34,7 @@ impl<'a> InBuf<'a> {
     /// When `ptr` is not NULL it must point to `len` readable bytes that stay valid and
     /// unmodified for `'a` (the PKCS#11 contract for input buffers during a call).
     pub unsafe fn new(ptr: *const u8, len: CK_ULONG) -> Result<Self> {
-        if ptr.is_null() && len != 0 {
+        if (ptr.is_null() && len != 0) || !representable::<u8>(len) {
             return Err(Error::ArgumentsBad);
         }
         Ok(InBuf {
@@ -165,7 +172,7 @@ impl<'a> MutBuf<'a> {
     /// # Safety
     /// When `ptr` is not NULL it must point to `len` writable bytes valid for `'a`.
     pub unsafe fn new(ptr: *mut u8, len: CK_ULONG) -> Result<Self> {
-        if ptr.is_null() && len != 0 {
+        if (ptr.is_null() && len != 0) || !representable::<u8>(len) {
             return Err(Error::ArgumentsBad);
         }
         Ok(MutBuf {
@@ -210,7 +217,7 @@ impl<'a> Template<'a> {
     /// When `ptr` is not NULL it must point to `count` `CK_ATTRIBUTE`s valid for `'a`, each
     /// `pValue` pointing to `ulValueLen` bytes or NULL.
     pub unsafe fn new(ptr: *mut CK_ATTRIBUTE, count: CK_ULONG) -> Result<Self> {
-        if ptr.is_null() && count != 0 {
+        if (ptr.is_null() && count != 0) || !representable::<CK_ATTRIBUTE>(count) {
             return Err(Error::ArgumentsBad);
         }
         Ok(Template {
@@ -218,6 +225,23 @@ impl<'a> Template<'a> {
             count,
             _caller: PhantomData,
         })
+    }
+
+    /// A template that gives values (create, generate, copy, set, find, unwrap, derive): as
+    /// [`Template::new`], and a NULL value with a non-zero length is refused with
+    /// `CKR_ATTRIBUTE_VALUE_INVALID` before any backend sees it (SoftHSMv2 dereferences it).
+    ///
+    /// # Safety
+    /// As for [`Template::new`].
+    pub unsafe fn input(ptr: *mut CK_ATTRIBUTE, count: CK_ULONG) -> Result<Self> {
+        // SAFETY: the caller's contract is this function's.
+        let t = unsafe { Template::new(ptr, count) }?;
+        if t.attributes().iter().any(|a| {
+            (a.pValue.is_null() && a.ulValueLen != 0) || !representable::<u8>(a.ulValueLen)
+        }) {
+            return Err(Error::Backend(CKR_ATTRIBUTE_VALUE_INVALID));
+        }
+        Ok(t)
     }
 
     pub fn len(&self) -> CK_ULONG {
@@ -251,12 +275,16 @@ impl<'a> Template<'a> {
         Some(CK_ULONG::from_ne_bytes(bytes))
     }
 
-    /// Every attribute as (type, value); the value is `None` for a NULL `pValue`.
+    /// Every attribute as (type, value); the value is `None` for a NULL `pValue` with a length
+    /// (an empty value for NULL with length 0).
     pub fn entries(&self) -> Vec<(CK_ATTRIBUTE_TYPE, Option<&[u8]>)> {
         self.attributes()
             .iter()
             .map(|a| {
-                let v = if a.pValue.is_null() || a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                let v = if a.pValue.is_null() && a.ulValueLen == 0 {
+                    // An empty value (CKA_LABEL = "", say).
+                    Some(&[][..])
+                } else if a.pValue.is_null() || !representable::<u8>(a.ulValueLen) {
                     None
                 } else {
                     // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.
@@ -273,7 +301,7 @@ impl<'a> Template<'a> {
     pub fn value(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
         let a = self.attributes().iter().find(|a| a.type_ == ty)?;
         // After C_GetAttributeValue a length may be CK_UNAVAILABLE_INFORMATION: no value.
-        if a.pValue.is_null() || a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+        if a.pValue.is_null() || !representable::<u8>(a.ulValueLen) {
             return None;
         }
         // SAFETY: each pValue points to ulValueLen bytes, per `new`'s contract.
@@ -577,7 +605,7 @@ pub unsafe fn out<'a, T>(ptr: *mut T) -> Result<&'a mut T> {
 /// # Safety
 /// When `ptr` is not NULL it must point to `len` writable elements valid for `'a`.
 pub unsafe fn out_slice<'a, T>(ptr: *mut T, len: CK_ULONG) -> Result<&'a mut [T]> {
-    if ptr.is_null() {
+    if ptr.is_null() || !representable::<T>(len) {
         return Err(Error::ArgumentsBad);
     }
     // SAFETY: non-NULL with `len` writable elements valid for 'a, per this function's contract.

@@ -277,6 +277,15 @@ impl SoftBackend {
         Ok(out)
     }
 
+    /// An object used as a key: an unknown handle is `invalid` (CKR_KEY_HANDLE_INVALID,
+    /// CKR_WRAPPING_KEY_HANDLE_INVALID, ...), as the spec names it for the argument.
+    fn key(&self, s: &Session, h: O, invalid: CK_RV) -> Result<Arc<Object>> {
+        self.object(s, h).map_err(|e| match e {
+            Error::Backend(CKR_OBJECT_HANDLE_INVALID) => rv(invalid),
+            other => other,
+        })
+    }
+
     fn object(&self, s: &Session, h: O) -> Result<Arc<Object>> {
         let t = &self.tokens[s.slot];
         if let Some(o) = lookup(&t.state.read(), h) {
@@ -419,7 +428,7 @@ impl SoftBackend {
         };
         let sess = self.op_slot(s, which)?;
         let mut g = sess.lock();
-        let o = self.object(&g, key)?;
+        let o = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         let usage = if encrypt { CKA_ENCRYPT } else { CKA_DECRYPT };
         if !o.flag(usage) {
             return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
@@ -445,7 +454,7 @@ impl SoftBackend {
         };
         let sess = self.op_slot(s, which)?;
         let mut g = sess.lock();
-        let o = self.object(&g, key)?;
+        let o = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         let usage = if sign { CKA_SIGN } else { CKA_VERIFY };
         if !o.flag(usage) {
             return Err(rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
@@ -1326,7 +1335,7 @@ impl Backend for SoftBackend {
     fn digest_key(&self, s: S, key: O) -> Result<()> {
         let sess = self.session(s)?;
         let mut g = sess.lock();
-        let o = self.object(&g, key)?;
+        let o = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         if o.class() != Some(CKO_SECRET_KEY) {
             return Err(rv(CKR_KEY_INDIGESTIBLE));
         }
@@ -1414,10 +1423,12 @@ impl Backend for SoftBackend {
             CKM_GENERIC_SECRET_KEY_GEN => (CKK_GENERIC_SECRET, None),
             _ => return Err(rv(CKR_MECHANISM_INVALID)),
         };
-        let len = t
-            .ulong_value(CKA_VALUE_LEN)
-            .or(default_len)
-            .ok_or(rv(CKR_TEMPLATE_INCOMPLETE))? as usize;
+        let len = match (t.value(CKA_VALUE_LEN), t.ulong_value(CKA_VALUE_LEN)) {
+            (_, Some(n)) => n,
+            // Present but not a CK_ULONG.
+            (Some(_), None) => return Err(rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+            (None, None) => default_len.ok_or(rv(CKR_TEMPLATE_INCOMPLETE))?,
+        } as usize;
         if key_type == CKK_AES && ![16, 24, 32].contains(&len) {
             return Err(rv(CKR_ATTRIBUTE_VALUE_INVALID));
         }
@@ -1534,13 +1545,13 @@ impl Backend for SoftBackend {
     ) -> Result<()> {
         let sess = self.session(s)?;
         let g = sess.lock();
-        let w = self.object(&g, wrapping_key)?;
+        let w = self.key(&g, wrapping_key, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
         if !w.flag(CKA_WRAP) {
             return Err(rv(CKR_WRAPPING_KEY_HANDLE_INVALID));
         }
         check_key_type(m.mechanism_type(), &w)
             .map_err(|_| rv(CKR_WRAPPING_KEY_TYPE_INCONSISTENT))?;
-        let k = self.object(&g, key)?;
+        let k = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         if !k.flag(CKA_EXTRACTABLE) {
             return Err(rv(CKR_KEY_UNEXTRACTABLE));
         }
@@ -1565,7 +1576,7 @@ impl Backend for SoftBackend {
     ) -> Result<()> {
         let sess = self.session(s)?;
         let g = sess.lock();
-        let u = self.object(&g, unwrapping_key)?;
+        let u = self.key(&g, unwrapping_key, CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
         if !u.flag(CKA_UNWRAP) {
             return Err(rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID));
         }
@@ -1589,6 +1600,16 @@ impl Backend for SoftBackend {
         .map_err(rv)?;
         *key = self.add_object(s, &g, o)?;
         Ok(())
+    }
+
+    fn function_status(&self, s: S) -> Result<()> {
+        self.session(s)?;
+        Err(rv(CKR_FUNCTION_NOT_PARALLEL))
+    }
+
+    fn cancel_function(&self, s: S) -> Result<()> {
+        self.session(s)?;
+        Err(rv(CKR_FUNCTION_NOT_PARALLEL))
     }
 
     fn seed_random(&self, s: S, seed: InBuf<'_>) -> Result<()> {

@@ -176,6 +176,7 @@ impl Object {
         let mut o = Object::default();
         for (ty, v) in given {
             let v = v.ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+            check_attribute(*ty, v)?;
             if READ_ONLY_ON_CREATE.contains(ty) {
                 return Err(CKR_ATTRIBUTE_READ_ONLY);
             }
@@ -357,6 +358,7 @@ impl Object {
         let mut next = self.clone();
         for (ty, v) in given {
             let v = v.ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+            check_attribute(*ty, v)?;
             let current = self.get(*ty);
             if current == Some(v) {
                 continue;
@@ -406,6 +408,45 @@ impl Object {
         }
         rest.is_empty().then_some(o)
     }
+}
+
+/// Attribute types the soft token knows besides those `names::attribute_name` names.
+const MORE_KNOWN: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_URL,
+    CKA_HASH_OF_SUBJECT_PUBLIC_KEY,
+    CKA_HASH_OF_ISSUER_PUBLIC_KEY,
+    CKA_NAME_HASH_ALGORITHM,
+    CKA_OWNER,
+    CKA_AC_ISSUER,
+    CKA_ATTR_TYPES,
+    CKA_JAVA_MIDP_SECURITY_DOMAIN,
+    CKA_PRIME_BITS,
+    CKA_SUBPRIME_BITS,
+];
+
+/// Attributes whose value is a CK_ULONG.
+const ULONG_VALUED: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_CLASS,
+    CKA_KEY_TYPE,
+    CKA_CERTIFICATE_TYPE,
+    CKA_VALUE_LEN,
+    CKA_MODULUS_BITS,
+    CKA_CERTIFICATE_CATEGORY,
+    CKA_KEY_GEN_MECHANISM,
+];
+
+/// An attribute type the token does not know (it knows no vendor-defined ones) is
+/// `CKR_ATTRIBUTE_TYPE_INVALID`; a CK_ULONG-valued one of another size is
+/// `CKR_ATTRIBUTE_VALUE_INVALID` (2.40 §4.1.1).
+fn check_attribute(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CkResult<()> {
+    let known = crate::names::attribute_name(ty).is_some() || MORE_KNOWN.contains(&ty);
+    if !known {
+        return Err(CKR_ATTRIBUTE_TYPE_INVALID);
+    }
+    if ULONG_VALUED.contains(&ty) && v.len() != std::mem::size_of::<CK_ULONG>() {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
+    Ok(())
 }
 
 fn take<const N: usize>(b: &[u8]) -> Option<([u8; N], &[u8])> {

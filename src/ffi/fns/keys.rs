@@ -37,7 +37,7 @@ pub unsafe extern "C" fn C_GenerateKey(
             let (m, t, key) = unsafe {
                 (
                     Mechanism::new(pMechanism)?,
-                    Template::new(pTemplate, ulCount)?,
+                    Template::input(pTemplate, ulCount)?,
                     out(phKey)?,
                 )
             };
@@ -94,8 +94,8 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             let (m, public, private, public_key, private_key) = unsafe {
                 (
                     Mechanism::new(pMechanism)?,
-                    Template::new(pPublicKeyTemplate, ulPublicKeyAttributeCount)?,
-                    Template::new(pPrivateKeyTemplate, ulPrivateKeyAttributeCount)?,
+                    Template::input(pPublicKeyTemplate, ulPublicKeyAttributeCount)?,
+                    Template::input(pPrivateKeyTemplate, ulPrivateKeyAttributeCount)?,
                     out(phPublicKey)?,
                     out(phPrivateKey)?,
                 )
@@ -217,7 +217,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
                 (
                     Mechanism::new(pMechanism)?,
                     InBuf::new(pWrappedKey, ulWrappedKeyLen)?,
-                    Template::new(pTemplate, ulAttributeCount)?,
+                    Template::input(pTemplate, ulAttributeCount)?,
                     out(phKey)?,
                 )
             };
@@ -279,7 +279,7 @@ pub unsafe extern "C" fn C_DeriveKey(
             let (m, t, key) = unsafe {
                 (
                     Mechanism::new(pMechanism)?,
-                    Template::new(pTemplate, ulAttributeCount)?,
+                    Template::input(pTemplate, ulAttributeCount)?,
                     out(phKey)?,
                 )
             };

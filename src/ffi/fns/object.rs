@@ -24,7 +24,7 @@ pub unsafe extern "C" fn C_CreateObject(
         || format!("hSession={hSession:#x}, ulCount={ulCount}"),
         |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes; phObject NULL or writable (§5.7).
-            let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phObject)?) };
+            let (t, obj) = unsafe { (Template::input(pTemplate, ulCount)?, out(phObject)?) };
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
             call.attrs(&t);
@@ -63,7 +63,7 @@ pub unsafe extern "C" fn C_CopyObject(
         || format!("hSession={hSession:#x}, hObject={hObject:#x}, ulCount={ulCount}"),
         |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes; phNewObject NULL or writable (§5.7).
-            let (t, obj) = unsafe { (Template::new(pTemplate, ulCount)?, out(phNewObject)?) };
+            let (t, obj) = unsafe { (Template::input(pTemplate, ulCount)?, out(phNewObject)?) };
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
             call.key(hObject);
@@ -196,7 +196,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
         || format!("hSession={hSession:#x}, hObject={hObject:#x}, ulCount={ulCount}"),
         |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
-            let t = unsafe { Template::new(pTemplate, ulCount) }?;
+            let t = unsafe { Template::input(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
             call.object(hObject);
@@ -231,7 +231,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
         || format!("hSession={hSession:#x}, ulCount={ulCount}"),
         |rt, call| {
             // SAFETY: pTemplate is NULL or has ulCount attributes (§5.7).
-            let t = unsafe { Template::new(pTemplate, ulCount) }?;
+            let t = unsafe { Template::input(pTemplate, ulCount) }?;
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
             call.attrs(&t);
