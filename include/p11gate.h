@@ -153,6 +153,11 @@ extern "C" {
 /* Any panic inside p11gate (caught at the boundary, logged; the host process is not aborted). */
 #define P11GATE_RV_INTERNAL_ERROR CKR_GENERAL_ERROR
 
+/* A template that gives values (C_CreateObject, C_CopyObject, C_SetAttributeValue,
+ * C_FindObjectsInit, C_GenerateKey, C_GenerateKeyPair, C_UnwrapKey, C_DeriveKey) with a NULL
+ * pValue and a non-zero ulValueLen. The upstream never sees it. */
+#define P11GATE_RV_TEMPLATE_VALUE_NULL CKR_ATTRIBUTE_VALUE_INVALID
+
 /* With [audit] on_failure = "deny": a call that would be audited, while an audit sink cannot be
  * written. The upstream never sees it; calls are admitted again once the sink works. */
 #define P11GATE_RV_AUDIT_DOWN CKR_FUNCTION_FAILED
