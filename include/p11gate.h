@@ -85,6 +85,10 @@ extern "C" {
  * it sees only that app's virtual slots. Set it in each Vault server's service environment. */
 #define P11GATE_ENV_APP "P11GATE_APP"
 
+/* slow_call_warn_ms for every upstream: a call slower than this many milliseconds is logged at
+ * warn level with its function and duration. */
+#define P11GATE_ENV_SLOW_CALL_WARN_MS "P11GATE_SLOW_CALL_WARN_MS"
+
 /* The audit trail's sinks, replacing the configuration's [audit] sinks: "off", or a comma-separated
  * list of "syslog", "syslog:/path/to/socket" and "file:/path/to/audit.jsonl". */
 #define P11GATE_ENV_AUDIT "P11GATE_AUDIT"

@@ -58,6 +58,7 @@ pub mod env {
     pub const AUDIT_KEY: &str = "P11GATE_AUDIT_KEY";
     pub const HOME: &str = "P11GATE_HOME";
     pub const NUM_SLOTS: &str = "P11GATE_NUM_SLOTS";
+    pub const SLOW_CALL_WARN_MS: &str = "P11GATE_SLOW_CALL_WARN_MS";
 }
 
 /// The whole configuration, after environment overrides.
@@ -299,6 +300,9 @@ pub struct UpstreamConfig {
     /// Instead of a module: a built-in soft token kept in this directory (one slot, id 0).
     #[serde(default)]
     pub soft_token: Option<PathBuf>,
+    /// A call to this module that takes longer is logged (warn) with its function and time.
+    #[serde(default)]
+    pub slow_call_warn_ms: Option<u64>,
     /// Passed to the module's `C_Initialize` as `pReserved` (NSS-style module arguments).
     #[serde(default)]
     pub init_args: Option<String>,
@@ -624,6 +628,7 @@ impl Config {
                 ),
                 path,
                 soft_token: None,
+                slow_call_warn_ms: None,
                 init_args: None,
                 profiles: Vec::new(),
                 allow: None,
@@ -667,6 +672,17 @@ impl Config {
                     )))
                 }
             };
+        }
+        if let Some(ms) = getenv(env::SLOW_CALL_WARN_MS).filter(|s| !s.is_empty()) {
+            let ms: u64 = ms.trim().parse().map_err(|_| {
+                Error::setup(format!(
+                    "{}={ms:?} is not a number of milliseconds",
+                    env::SLOW_CALL_WARN_MS
+                ))
+            })?;
+            for u in &mut config.upstreams {
+                u.slow_call_warn_ms = Some(ms);
+            }
         }
         if config.upstreams.is_empty() && !config.slots.is_empty() {
             return Err(Error::setup(format!(

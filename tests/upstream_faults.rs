@@ -67,6 +67,11 @@ impl Fixture {
     /// Runs `scenario` in a child process with the shim following `schedule`; returns the
     /// records of its audit file, whose chain has been verified.
     fn run(&self, scenario: &str, schedule: &str) -> Vec<Value> {
+        self.run_with(scenario, schedule, &[])
+    }
+
+    /// [`Fixture::run`] with more environment.
+    fn run_with(&self, scenario: &str, schedule: &str, extra: &[(&str, &str)]) -> Vec<Value> {
         let dir = self.hsm.dir();
         let audit = dir.join(format!("{scenario}.audit.jsonl"));
         let mut env = self.hsm.gate_env();
@@ -90,6 +95,7 @@ impl Fixture {
                 self.audit_key.display().to_string(),
             ),
         ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let out_path = dir.join(format!("{scenario}.stdout"));
         let err_path = dir.join(format!("{scenario}.stderr"));
         let mut child = common::child_test_command(SCENARIO_VAR, scenario, &env)
@@ -404,7 +410,21 @@ fn a_failed_upstream_initialize_passes_through_and_the_retry_works() {
 #[test]
 fn a_slow_upstream_call_completes_and_its_record_shows_the_time() {
     let fx = Fixture::new();
-    let recs = fx.run("slow", &format!("C_GenerateRandom:*:sleep={SLOW_MS}"));
+    let recs = fx.run_with(
+        "slow",
+        &format!("C_GenerateRandom:*:sleep={SLOW_MS}"),
+        &[("P11GATE_SLOW_CALL_WARN_MS", "100")],
+    );
+    // slow_call_warn_ms: the slow call, and only it, is logged with its function and time.
+    let log = std::fs::read_to_string(fx.hsm.dir().join("slow.stderr")).unwrap();
+    let slow: Vec<&str> = log.lines().filter(|l| l.contains(" took ")).collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    assert!(
+        slow[0].contains("WARN: upstream libfaulty: C_GenerateRandom took ")
+            && slow[0].ends_with(" ms (slow_call_warn_ms = 100)"),
+        "{}",
+        slow[0]
+    );
     let random = records_of(&recs, "C_GenerateRandom");
     assert_eq!(random.len(), 1, "{recs:#?}");
     assert_eq!(random[0]["rv"], "CKR_OK", "{}", random[0]);

@@ -234,6 +234,8 @@ pub struct Upstream {
     /// The fork generation in which we initialised it: in a child after `fork()` the module
     /// still holds the parent's state (sessions, login), which the child must not inherit.
     initialized_in: AtomicU32,
+    /// `slow_call_warn_ms`: calls that take longer are logged.
+    slow_call: Option<std::time::Duration>,
 }
 
 impl Upstream {
@@ -253,6 +255,9 @@ impl Upstream {
             init_args,
             initialized_by_us: AtomicBool::new(false),
             initialized_in: AtomicU32::new(0),
+            slow_call: config
+                .slow_call_warn_ms
+                .map(std::time::Duration::from_millis),
         })
     }
 
@@ -272,11 +277,14 @@ impl Upstream {
 macro_rules! v2 {
     ($self:ident . $f:ident ( $($arg:expr),* $(,)? )) => {{
         let f = $self.module.v2.$f.ok_or(Error::FunctionNotSupported)?;
+        let started = $self.slow_call.map(|_| std::time::Instant::now());
         // SAFETY: `f` is the module's own implementation from its function table, and the
         // module stays loaded for the life of the process. The arguments are the application's,
         // checked by `ffi::args` against what the spec forbids, with the types of this
         // function's PKCS#11 signature.
-        check(unsafe { f($($arg),*) })
+        let rv = unsafe { f($($arg),*) };
+        $self.note_slow(stringify!($f), started);
+        check(rv)
     }};
 }
 
@@ -284,13 +292,32 @@ macro_rules! v2 {
 macro_rules! v3 {
     ($self:ident . $f:ident ( $($arg:expr),* $(,)? )) => {{
         let f = $self.module.v3.as_ref().and_then(|l| l.$f).ok_or(Error::FunctionNotSupported)?;
+        let started = $self.slow_call.map(|_| std::time::Instant::now());
         // SAFETY: as for `v2!`: the module's own 3.0 implementation (negotiated through
         // C_GetInterface for version 3.0), called with checked arguments of its signature.
-        check(unsafe { f($($arg),*) })
+        let rv = unsafe { f($($arg),*) };
+        $self.note_slow(stringify!($f), started);
+        check(rv)
     }};
 }
 
 impl Upstream {
+    /// Logs a call that took longer than `slow_call_warn_ms` (`started` is None without one).
+    #[inline]
+    fn note_slow(&self, function: &str, started: Option<std::time::Instant>) {
+        if let (Some(limit), Some(t0)) = (self.slow_call, started) {
+            let took = t0.elapsed();
+            if took >= limit {
+                log::warn!(
+                    "upstream {}: {function} took {} ms (slow_call_warn_ms = {})",
+                    self.name,
+                    took.as_millis(),
+                    limit.as_millis()
+                );
+            }
+        }
+    }
+
     fn initialize_with(&self, flags: CK_FLAGS, m: MutexCallbacks) -> Result<()> {
         self.call_initialize(CK_C_INITIALIZE_ARGS {
             CreateMutex: m.create,
