@@ -128,7 +128,9 @@ enum Phase {
 pub struct Call {
     pipeline: Option<&'static Pipeline>,
     auditor: &'static Auditor,
-    pub record: Record,
+    /// The record, when audit is on: out of line, so that a call with audit off neither
+    /// builds nor moves its 500 bytes.
+    pub record: Option<Box<Record>>,
     phase: Phase,
     /// The session's entry in the session table, and its backend.
     session: Option<(usize, usize)>,
@@ -144,15 +146,20 @@ impl Call {
     #[inline]
     pub fn start(function: &'static str, rt: &'static Runtime) -> Result<Call> {
         let pipeline = pipeline::current();
-        let mut record = Record::default();
-        if let Some(p) = pipeline {
-            if !p.admits() {
-                return Err(AUDIT_DOWN);
+        let record = match pipeline {
+            None => None,
+            Some(p) => {
+                if !p.admits() {
+                    return Err(AUDIT_DOWN);
+                }
+                Some(Box::new(Record {
+                    time_us: now_us(),
+                    app: std::borrow::Cow::Borrowed(rt.router.app()),
+                    function: Some(function),
+                    ..Record::default()
+                }))
             }
-            record.time_us = now_us();
-            record.app = std::borrow::Cow::Borrowed(rt.router.app());
-            record.function = Some(function);
-        }
+        };
         Ok(Call {
             pipeline,
             auditor: &rt.audit,
@@ -176,13 +183,15 @@ impl Call {
             crate::router::sessions::entry_index(handle),
             s.entry.backend,
         ));
-        self.record.session = Some(handle);
-        self.record.slot = Some(SlotRef {
-            id: s.slot,
-            upstream: s.backend.name(),
-            entry: s.entry,
-        });
-        self.record.keys = Some((&self.auditor.keys, s.entry.backend));
+        if let Some(r) = self.record.as_deref_mut() {
+            r.session = Some(handle);
+            r.slot = Some(SlotRef {
+                id: s.slot,
+                upstream: s.backend.name(),
+                entry: s.entry,
+            });
+            r.keys = Some((&self.auditor.keys, s.entry.backend));
+        }
     }
 
     /// The slot a slot-level call uses (`C_OpenSession`, `C_InitToken`).
@@ -192,47 +201,61 @@ impl Call {
         upstream: &'static str,
         entry: &'static crate::router::slots::SlotEntry,
     ) {
-        self.record.slot = Some(SlotRef {
-            id,
-            upstream,
-            entry,
-        });
+        if let Some(r) = self.record.as_deref_mut() {
+            r.slot = Some(SlotRef {
+                id,
+                upstream,
+                entry,
+            });
+        }
     }
 
     #[inline]
     pub fn mechanism(&mut self, m: CK_MECHANISM_TYPE) {
-        self.record.mechanism = Some(m);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.mechanism = Some(m);
+        }
     }
 
     #[inline]
     pub fn key(&mut self, handle: CK_OBJECT_HANDLE) {
-        self.record.key = Some(ObjectRef { handle, info: None });
+        if let Some(r) = self.record.as_deref_mut() {
+            r.key = Some(ObjectRef { handle, info: None });
+        }
     }
 
     /// The object the call makes, reads, changes or destroys.
     pub fn object(&mut self, handle: CK_OBJECT_HANDLE) {
-        self.record.object = Some(ObjectRef { handle, info: None });
+        if let Some(r) = self.record.as_deref_mut() {
+            r.object = Some(ObjectRef { handle, info: None });
+        }
     }
 
     #[inline]
     pub fn bytes(&mut self, bytes_in: u64, bytes_out: u64) {
-        self.record.bytes_in = Some(bytes_in);
-        self.record.bytes_out = Some(bytes_out);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.bytes_in = Some(bytes_in);
+            r.bytes_out = Some(bytes_out);
+        }
     }
 
     pub fn user(&mut self, user: CK_USER_TYPE) {
-        self.record.user = Some(user);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.user = Some(user);
+        }
     }
 
     /// The attribute types of a template (never their values).
     pub fn attrs(&mut self, t: &Template<'_>) {
-        if self.on() {
-            self.record.attrs = Some(t.attributes().iter().map(|a| a.type_).collect());
+        if let Some(r) = self.record.as_deref_mut() {
+            r.attrs = Some(t.attributes().iter().map(|a| a.type_).collect());
         }
     }
 
     pub fn rw(&mut self, rw: bool) {
-        self.record.rw = Some(rw);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.rw = Some(rw);
+        }
     }
 
     /// A record only if the call fails.
@@ -309,12 +332,17 @@ impl Call {
 
     /// The call made `handle`, which `info` describes: it goes into this record and the cache.
     pub fn made(&mut self, handle: CK_OBJECT_HANDLE, info: Option<KeyInfo>) {
-        self.record.object = Some(self.learnt(handle, info));
+        let object = self.learnt(handle, info);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.object = Some(object);
+        }
     }
 
     /// `C_GenerateKeyPair`'s public key.
     pub fn made_public(&mut self, handle: CK_OBJECT_HANDLE, info: Option<KeyInfo>) {
-        self.record.public = Some(handle);
+        if let Some(r) = self.record.as_deref_mut() {
+            r.public = Some(handle);
+        }
         self.learnt(handle, info);
     }
 
@@ -339,13 +367,17 @@ impl Call {
             (Some((_, backend)), true) => self.auditor.keys.get(backend, handle),
             _ => None,
         };
-        self.record.object = Some(ObjectRef { handle, info });
+        if let Some(r) = self.record.as_deref_mut() {
+            r.object = Some(ObjectRef { handle, info });
+        }
     }
 
     /// `C_DestroyObject` succeeded: the writer forgets the object after writing this record,
     /// so that records queued before it still find its label.
     pub fn destroyed(&mut self) {
-        self.record.forget_object = true;
+        if let Some(r) = self.record.as_deref_mut() {
+            r.forget_object = true;
+        }
     }
 
     /// `C_FindObjectsInit`: remembers what the search is for, to label what it finds.
@@ -358,10 +390,12 @@ impl Call {
             Some(info) => {
                 // The record names what was searched for (a handle of 0: none yet).
                 let info = Arc::new(info);
-                self.record.object = Some(ObjectRef {
-                    handle: CK_INVALID_HANDLE,
-                    info: Some(info.clone()),
-                });
+                if let Some(r) = self.record.as_deref_mut() {
+                    r.object = Some(ObjectRef {
+                        handle: CK_INVALID_HANDLE,
+                        info: Some(info.clone()),
+                    });
+                }
                 finds.insert(session, info);
             }
             None => {
@@ -395,24 +429,26 @@ impl Call {
 
     /// `C_CloseSession`: operations still open are written, ended by the closing.
     pub fn session_closing(&mut self) {
-        if let (Some(_), Some(handle)) = (self.pipeline, self.record.session) {
-            self.auditor
-                .end_open_operations(&self.record, handle, "session_closed");
+        if let Some(r) = self.record.as_deref() {
+            if let Some(handle) = r.session {
+                self.auditor
+                    .end_open_operations(r, handle, "session_closed");
+            }
         }
     }
 
     /// `C_CloseAllSessions`: the same for each session it closed (`record` has their slot).
     pub fn sessions_closed(&mut self, handles: &[CK_SESSION_HANDLE], backend: usize) {
-        if self.pipeline.is_none() {
+        let Some(r) = self.record.as_deref_mut() else {
             return;
-        }
-        self.record.keys = Some((&self.auditor.keys, backend));
+        };
+        r.keys = Some((&self.auditor.keys, backend));
         for &h in handles {
             let mut like = Record {
-                time_us: self.record.time_us,
-                app: self.record.app.clone(),
-                slot: self.record.slot,
-                keys: self.record.keys,
+                time_us: r.time_us,
+                app: r.app.clone(),
+                slot: r.slot,
+                keys: r.keys,
                 ..Record::default()
             };
             like.session = Some(h);
@@ -426,22 +462,27 @@ impl Call {
             let index = crate::router::sessions::entry_index(handle);
             self.auditor.ops.end_all(index);
             self.auditor.finds(index).lock().remove(&index);
-            self.record.session = Some(handle);
+            if let Some(r) = self.record.as_deref_mut() {
+                r.session = Some(handle);
+            }
         }
     }
 
     /// Ends the call: decides whether it is a record, completes it and queues it.
     #[inline]
-    pub fn finish(mut self, result: &Result<()>) {
-        let Some(p) = self.pipeline else { return };
+    pub fn finish(self, result: &Result<()>) {
+        let (Some(p), Some(mut record)) = (self.pipeline, self.record) else {
+            return;
+        };
+        let r = &mut *record;
         let rv = match result {
             Ok(()) => CKR_OK,
             Err(e) => {
-                self.record.refused = take_refusal();
+                r.refused = take_refusal();
                 e.rv()
             }
         };
-        let micros = now_us().saturating_sub(self.record.time_us);
+        let micros = now_us().saturating_sub(r.time_us);
         let ops = &self.auditor.ops;
         let session = self.session.map_or(usize::MAX, |(s, _)| s);
         match self.phase {
@@ -450,22 +491,19 @@ impl Call {
             Phase::OnError => {}
             Phase::Init(kind) => {
                 if rv == CKR_OK {
-                    let key = self.record.key.as_ref().map_or(0, |k| k.handle);
-                    let m = self.record.mechanism.unwrap_or(0);
+                    let key = r.key.as_ref().map_or(0, |k| k.handle);
+                    let m = r.mechanism.unwrap_or(0);
                     ops.begin(session, kind, m, key, micros);
                     return;
                 }
             }
             Phase::Update(kind) => {
-                let (i, o) = (
-                    self.record.bytes_in.unwrap_or(0),
-                    self.record.bytes_out.unwrap_or(0),
-                );
+                let (i, o) = (r.bytes_in.unwrap_or(0), r.bytes_out.unwrap_or(0));
                 if rv == CKR_OK {
                     ops.add(session, kind, i, o, micros);
                     return;
                 }
-                self.take_totals(ops.end(session, kind), micros);
+                take_totals(r, ops.end(session, kind), micros);
             }
             Phase::End(kind) => {
                 if (rv == CKR_OK && self.query) || rv == CKR_BUFFER_TOO_SMALL {
@@ -473,36 +511,36 @@ impl Call {
                     ops.add_time(session, kind, micros);
                     return;
                 }
-                self.take_totals(ops.end(session, kind), micros);
+                take_totals(r, ops.end(session, kind), micros);
             }
             Phase::Message(kind) => {
                 let t = ops.peek(session, kind);
-                self.record.mechanism = t.mechanism;
-                self.record.key = Some(ObjectRef {
+                r.mechanism = t.mechanism;
+                r.key = Some(ObjectRef {
                     handle: t.key,
                     info: None,
                 });
             }
         }
-        self.record.rv = Some(rv);
-        self.record.duration_us.get_or_insert(micros);
-        p.submit(self.record);
+        r.rv = Some(rv);
+        r.duration_us.get_or_insert(micros);
+        p.submit(*record);
     }
+}
 
-    fn take_totals(&mut self, t: ops::Totals, micros: u64) {
-        let r = &mut self.record;
-        if t.mechanism.is_some() {
-            r.mechanism = t.mechanism;
-            r.key = Some(ObjectRef {
-                handle: t.key,
-                info: None,
-            });
-        }
-        r.bytes_in = Some(t.bytes_in + r.bytes_in.unwrap_or(0));
-        r.bytes_out = Some(t.bytes_out + r.bytes_out.unwrap_or(0));
-        r.parts = Some(t.parts + 1);
-        r.duration_us = Some(t.micros + micros);
+/// Puts an operation's totals, up to and with this call, into the record that ends it.
+fn take_totals(r: &mut Record, t: ops::Totals, micros: u64) {
+    if t.mechanism.is_some() {
+        r.mechanism = t.mechanism;
+        r.key = Some(ObjectRef {
+            handle: t.key,
+            info: None,
+        });
     }
+    r.bytes_in = Some(t.bytes_in + r.bytes_in.unwrap_or(0));
+    r.bytes_out = Some(t.bytes_out + r.bytes_out.unwrap_or(0));
+    r.parts = Some(t.parts + 1);
+    r.duration_us = Some(t.micros + micros);
 }
 
 thread_local! {
