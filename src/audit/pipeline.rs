@@ -1,6 +1,6 @@
 //! From calls to sinks: a bounded lock-free queue and one writer thread per process.
 //!
-//! Calls push typed records onto the queue (no lock, no allocation, no system call while the
+//! Calls push typed records onto the queue (no lock, no system call while the
 //! writer is awake) and return; the writer formats them, keeps per-sink backlogs while a sink is
 //! down, retries it, and reports outages and drops as records of their own. The queue is never
 //! shared with a forked child: a child's `C_Initialize` takes a fresh pipeline, since a thread of
