@@ -471,25 +471,18 @@ impl SoftBackend {
     fn cipher_once(&self, s: S, encrypt: bool, data: InBuf<'_>, mut out: OutBuf<'_>) -> Result<()> {
         let sess = self.session(s)?;
         let mut g = sess.lock();
-        let slot = if encrypt {
-            &mut g.encrypt
-        } else {
-            &mut g.decrypt
-        };
+        let slot = cipher_slot(&mut g, encrypt);
         let Some(Op::Cipher(op)) = slot.as_mut() else {
             return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
         };
-        if out.is_length_query() {
-            let need = op.max_oneshot_len(data.len() as usize) as CK_ULONG;
-            return out.put_len(need);
-        }
+        // Like SoftHSMv2: room for the most the call can produce, or the operation goes on.
         let need = op.max_oneshot_len(data.len() as usize) as CK_ULONG;
-        if out.len_value() < need {
-            // Like SoftHSMv2: room for the most the call can produce, or the operation goes on.
-            return out.put_len(need).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        if let Some(answer) = short_of_room(&mut out, need) {
+            return answer;
         }
         let result = run_cipher(op.as_mut(), data.as_slice());
-        finish_output(slot, result, &mut out)
+        *slot = None;
+        out.put(&result.map_err(rv)?)
     }
 
     fn cipher_update(
@@ -501,24 +494,16 @@ impl SoftBackend {
     ) -> Result<()> {
         let sess = self.session(s)?;
         let mut g = sess.lock();
-        let slot = if encrypt {
-            &mut g.encrypt
-        } else {
-            &mut g.decrypt
-        };
+        let slot = cipher_slot(&mut g, encrypt);
         let Some(Op::Cipher(op)) = slot.as_mut() else {
             return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
         };
         if !op.multipart() {
             return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
-        if out.is_length_query() {
-            return out.put_len(op.max_update_len(data.len() as usize) as CK_ULONG);
-        }
-        if (out.len_value() as usize) < op.max_update_len(data.len() as usize) {
-            return out
-                .put_len(op.max_update_len(data.len() as usize) as CK_ULONG)
-                .and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        let need = op.max_update_len(data.len() as usize) as CK_ULONG;
+        if let Some(answer) = short_of_room(&mut out, need) {
+            return answer;
         }
         match op.update(data.as_slice()) {
             Ok(bytes) => out.put(&bytes),
@@ -532,21 +517,12 @@ impl SoftBackend {
     fn cipher_final(&self, s: S, encrypt: bool, mut out: OutBuf<'_>) -> Result<()> {
         let sess = self.session(s)?;
         let mut g = sess.lock();
-        let slot = if encrypt {
-            &mut g.encrypt
-        } else {
-            &mut g.decrypt
-        };
+        let slot = cipher_slot(&mut g, encrypt);
         let Some(Op::Cipher(op)) = slot.as_mut() else {
             return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
         };
-        if out.is_length_query() {
-            return out.put_len(op.max_final_len() as CK_ULONG);
-        }
-        if (out.len_value() as usize) < op.max_final_len() {
-            return out
-                .put_len(op.max_final_len() as CK_ULONG)
-                .and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        if let Some(answer) = short_of_room(&mut out, op.max_final_len() as CK_ULONG) {
+            return answer;
         }
         let result = op.finish();
         *slot = None;
@@ -559,16 +535,51 @@ impl SoftBackend {
         let Some(Op::Sign(op)) = g.sign.as_mut() else {
             return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
         };
-        let max = op.max_signature_len() as CK_ULONG;
-        if out.is_length_query() {
-            return out.put_len(max);
-        }
-        if out.len_value() < max {
-            return out.put_len(max).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
+        if let Some(answer) = short_of_room(&mut out, op.max_signature_len() as CK_ULONG) {
+            return answer;
         }
         let result = op.update(data).and_then(|_| op.sign());
         g.sign = None;
         out.put(&result.map_err(rv)?)
+    }
+
+    /// `C_SignUpdate` / `C_VerifyUpdate`: a failure ends the operation.
+    fn sign_part(
+        &self,
+        s: S,
+        which: fn(&mut Session) -> &mut Option<Op>,
+        part: &[u8],
+    ) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let slot = which(&mut g);
+        let Some(Op::Sign(op)) = slot.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if !op.multipart() {
+            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        if let Err(e) = op.update(part) {
+            *slot = None;
+            return Err(rv(e));
+        }
+        Ok(())
+    }
+
+    /// `C_Digest` (with `data`) and `C_DigestFinal` (with none).
+    fn digest_end(&self, s: S, data: &[u8], mut out: OutBuf<'_>) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let Some(Op::Digest(op)) = g.digest.as_mut() else {
+            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        if let Some(answer) = short_of_room(&mut out, op.len() as CK_ULONG) {
+            return answer;
+        }
+        op.update(data);
+        let d = op.finish();
+        g.digest = None;
+        out.put(&d)
     }
 
     fn verify_once(&self, s: S, data: Option<&[u8]>, sig: &[u8]) -> Result<()> {
@@ -662,16 +673,22 @@ fn run_cipher(op: &mut dyn CipherOp, data: &[u8]) -> crypto::CkResult<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a finished single-part result; the operation ends unless the buffer was too small,
-/// in which case the result is kept for the retry.
-fn finish_output(
-    slot: &mut Option<Op>,
-    result: crypto::CkResult<Vec<u8>>,
-    out: &mut OutBuf<'_>,
-) -> Result<()> {
-    *slot = None;
-    let bytes = result.map_err(rv)?;
-    out.put(&bytes)
+/// The encryption or decryption slot of a session.
+fn cipher_slot(g: &mut Session, encrypt: bool) -> &mut Option<Op> {
+    if encrypt {
+        &mut g.encrypt
+    } else {
+        &mut g.decrypt
+    }
+}
+
+/// The answer to a call whose output buffer is a length query, or too small for `need`
+/// (the spec's two-call convention; the operation goes on): `None` when there is room.
+fn short_of_room(out: &mut OutBuf<'_>, need: CK_ULONG) -> Option<Result<()>> {
+    if out.is_length_query() {
+        return Some(out.put_len(need));
+    }
+    (out.len_value() < need).then(|| out.put_len(need).and(Err(rv(CKR_BUFFER_TOO_SMALL))))
 }
 
 /// The key type a mechanism takes, where it takes one kind only (HMAC takes generic secrets,
@@ -1305,23 +1322,8 @@ impl Backend for SoftBackend {
         sess.lock().digest = Some(Op::Digest(op));
         Ok(())
     }
-    fn digest(&self, s: S, data: InBuf<'_>, mut out: OutBuf<'_>) -> Result<()> {
-        let sess = self.session(s)?;
-        let mut g = sess.lock();
-        let Some(Op::Digest(op)) = g.digest.as_mut() else {
-            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
-        };
-        let len = op.len() as CK_ULONG;
-        if out.is_length_query() {
-            return out.put_len(len);
-        }
-        if out.len_value() < len {
-            return out.put_len(len).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
-        }
-        op.update(data.as_slice());
-        let d = op.finish();
-        g.digest = None;
-        out.put(&d)
+    fn digest(&self, s: S, data: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
+        self.digest_end(s, data.as_slice(), out)
     }
     fn digest_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
         let sess = self.session(s)?;
@@ -1347,22 +1349,8 @@ impl Backend for SoftBackend {
         op.update(&value);
         Ok(())
     }
-    fn digest_final(&self, s: S, mut out: OutBuf<'_>) -> Result<()> {
-        let sess = self.session(s)?;
-        let mut g = sess.lock();
-        let Some(Op::Digest(op)) = g.digest.as_mut() else {
-            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
-        };
-        let len = op.len() as CK_ULONG;
-        if out.is_length_query() {
-            return out.put_len(len);
-        }
-        if out.len_value() < len {
-            return out.put_len(len).and(Err(rv(CKR_BUFFER_TOO_SMALL)));
-        }
-        let d = op.finish();
-        g.digest = None;
-        out.put(&d)
+    fn digest_final(&self, s: S, out: OutBuf<'_>) -> Result<()> {
+        self.digest_end(s, &[], out)
     }
 
     fn sign_init(&self, s: S, m: Mechanism<'_>, key: O) -> Result<()> {
@@ -1372,19 +1360,7 @@ impl Backend for SoftBackend {
         self.sign_once(s, data.as_slice(), out)
     }
     fn sign_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
-        let sess = self.session(s)?;
-        let mut g = sess.lock();
-        let Some(Op::Sign(op)) = g.sign.as_mut() else {
-            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
-        };
-        if !op.multipart() {
-            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
-        }
-        if let Err(e) = op.update(part.as_slice()) {
-            g.sign = None;
-            return Err(rv(e));
-        }
-        Ok(())
+        self.sign_part(s, |g| &mut g.sign, part.as_slice())
     }
     fn sign_final(&self, s: S, out: OutBuf<'_>) -> Result<()> {
         self.sign_once(s, &[], out)
@@ -1396,19 +1372,7 @@ impl Backend for SoftBackend {
         self.verify_once(s, Some(data.as_slice()), sig.as_slice())
     }
     fn verify_update(&self, s: S, part: InBuf<'_>) -> Result<()> {
-        let sess = self.session(s)?;
-        let mut g = sess.lock();
-        let Some(Op::Sign(op)) = g.verify.as_mut() else {
-            return Err(rv(CKR_OPERATION_NOT_INITIALIZED));
-        };
-        if !op.multipart() {
-            return Err(rv(CKR_FUNCTION_NOT_SUPPORTED));
-        }
-        if let Err(e) = op.update(part.as_slice()) {
-            g.verify = None;
-            return Err(rv(e));
-        }
-        Ok(())
+        self.sign_part(s, |g| &mut g.verify, part.as_slice())
     }
     fn verify_final(&self, s: S, sig: InBuf<'_>) -> Result<()> {
         self.verify_once(s, None, sig.as_slice())
