@@ -405,29 +405,10 @@ impl SoftBackend {
         key.ok_or(rv(CKR_PIN_INCORRECT))
     }
 
-    fn op_slot(
-        &self,
-        s: S,
-        which: fn(&mut Session) -> &mut Option<Op>,
-    ) -> Result<Arc<SessionEntry>> {
-        let sess = self.session(s)?;
-        {
-            let mut g = sess.lock();
-            if which(&mut g).is_some() {
-                return Err(rv(CKR_OPERATION_ACTIVE));
-            }
-        }
-        Ok(sess)
-    }
-
     fn start_cipher(&self, s: S, m: Mechanism<'_>, key: O, encrypt: bool) -> Result<()> {
-        let which: fn(&mut Session) -> &mut Option<Op> = if encrypt {
-            |s| &mut s.encrypt
-        } else {
-            |s| &mut s.decrypt
-        };
-        let sess = self.op_slot(s, which)?;
+        let sess = self.session(s)?;
         let mut g = sess.lock();
+        idle(cipher_slot(&mut g, encrypt))?;
         let o = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         let usage = if encrypt { CKA_ENCRYPT } else { CKA_DECRYPT };
         if !o.flag(usage) {
@@ -442,7 +423,7 @@ impl SoftBackend {
             encrypt,
         )
         .map_err(rv)?;
-        *which(&mut g) = Some(Op::Cipher(op));
+        *cipher_slot(&mut g, encrypt) = Some(Op::Cipher(op));
         Ok(())
     }
 
@@ -452,8 +433,9 @@ impl SoftBackend {
         } else {
             |s| &mut s.verify
         };
-        let sess = self.op_slot(s, which)?;
+        let sess = self.session(s)?;
         let mut g = sess.lock();
+        idle(which(&mut g))?;
         let o = self.key(&g, key, CKR_KEY_HANDLE_INVALID)?;
         let usage = if sign { CKA_SIGN } else { CKA_VERIFY };
         if !o.flag(usage) {
@@ -671,6 +653,15 @@ fn run_cipher(op: &mut dyn CipherOp, data: &[u8]) -> crypto::CkResult<Vec<u8>> {
     let mut out = op.update(data)?;
     out.extend_from_slice(&op.finish()?);
     Ok(out)
+}
+
+/// `CKR_OPERATION_ACTIVE` when an operation of this kind is already under way (checked under
+/// the same lock that starts the new one).
+fn idle(slot: &mut Option<Op>) -> Result<()> {
+    match slot {
+        Some(_) => Err(rv(CKR_OPERATION_ACTIVE)),
+        None => Ok(()),
+    }
 }
 
 /// The encryption or decryption slot of a session.
@@ -1317,9 +1308,10 @@ impl Backend for SoftBackend {
     }
 
     fn digest_init(&self, s: S, m: Mechanism<'_>) -> Result<()> {
-        let sess = self.op_slot(s, |s| &mut s.digest)?;
-        let op = crypto::digest(m.mechanism_type()).map_err(rv)?;
-        sess.lock().digest = Some(Op::Digest(op));
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        idle(&mut g.digest)?;
+        g.digest = Some(Op::Digest(crypto::digest(m.mechanism_type()).map_err(rv)?));
         Ok(())
     }
     fn digest(&self, s: S, data: InBuf<'_>, out: OutBuf<'_>) -> Result<()> {
