@@ -57,7 +57,10 @@
 #[macro_use]
 mod shared;
 
-use shared::{attr, attr_bytes, env_num, load, median, quantile, req};
+use shared::{
+    attr, attr_bytes, ck, ck_res, env_num, load, median, oaep_sha1_params, panic_text, quantile,
+    req,
+};
 
 use std::io::Write;
 use std::mem::size_of;
@@ -206,78 +209,6 @@ impl Workload {
 
     fn from_id(s: &str) -> Option<Workload> {
         Workload::ALL.into_iter().find(|w| w.id() == s)
-    }
-}
-
-fn rv_name(rv: CK_RV) -> &'static str {
-    match rv {
-        CKR_OK => "CKR_OK",
-        CKR_HOST_MEMORY => "CKR_HOST_MEMORY",
-        CKR_SLOT_ID_INVALID => "CKR_SLOT_ID_INVALID",
-        CKR_GENERAL_ERROR => "CKR_GENERAL_ERROR",
-        CKR_FUNCTION_FAILED => "CKR_FUNCTION_FAILED",
-        CKR_ARGUMENTS_BAD => "CKR_ARGUMENTS_BAD",
-        CKR_ATTRIBUTE_VALUE_INVALID => "CKR_ATTRIBUTE_VALUE_INVALID",
-        CKR_DEVICE_ERROR => "CKR_DEVICE_ERROR",
-        CKR_FUNCTION_NOT_SUPPORTED => "CKR_FUNCTION_NOT_SUPPORTED",
-        CKR_KEY_HANDLE_INVALID => "CKR_KEY_HANDLE_INVALID",
-        CKR_KEY_TYPE_INCONSISTENT => "CKR_KEY_TYPE_INCONSISTENT",
-        CKR_KEY_FUNCTION_NOT_PERMITTED => "CKR_KEY_FUNCTION_NOT_PERMITTED",
-        CKR_MECHANISM_INVALID => "CKR_MECHANISM_INVALID",
-        CKR_MECHANISM_PARAM_INVALID => "CKR_MECHANISM_PARAM_INVALID",
-        CKR_OBJECT_HANDLE_INVALID => "CKR_OBJECT_HANDLE_INVALID",
-        CKR_OPERATION_ACTIVE => "CKR_OPERATION_ACTIVE",
-        CKR_OPERATION_NOT_INITIALIZED => "CKR_OPERATION_NOT_INITIALIZED",
-        CKR_PIN_INCORRECT => "CKR_PIN_INCORRECT",
-        CKR_SESSION_HANDLE_INVALID => "CKR_SESSION_HANDLE_INVALID",
-        CKR_SESSION_READ_ONLY => "CKR_SESSION_READ_ONLY",
-        CKR_TEMPLATE_INCOMPLETE => "CKR_TEMPLATE_INCOMPLETE",
-        CKR_TEMPLATE_INCONSISTENT => "CKR_TEMPLATE_INCONSISTENT",
-        CKR_TOKEN_NOT_PRESENT => "CKR_TOKEN_NOT_PRESENT",
-        CKR_TOKEN_NOT_RECOGNIZED => "CKR_TOKEN_NOT_RECOGNIZED",
-        CKR_USER_ALREADY_LOGGED_IN => "CKR_USER_ALREADY_LOGGED_IN",
-        CKR_USER_NOT_LOGGED_IN => "CKR_USER_NOT_LOGGED_IN",
-        CKR_USER_PIN_NOT_INITIALIZED => "CKR_USER_PIN_NOT_INITIALIZED",
-        CKR_BUFFER_TOO_SMALL => "CKR_BUFFER_TOO_SMALL",
-        CKR_CRYPTOKI_NOT_INITIALIZED => "CKR_CRYPTOKI_NOT_INITIALIZED",
-        CKR_CRYPTOKI_ALREADY_INITIALIZED => "CKR_CRYPTOKI_ALREADY_INITIALIZED",
-        _ => "?",
-    }
-}
-
-/// Panics (with the side and the function) unless `rv` is CKR_OK. Used inside timed loops: the
-/// comparison costs the same on every side, the message is built only on failure.
-#[inline(always)]
-fn ck(rv: CK_RV, side: &str, what: &str) {
-    if rv != CKR_OK {
-        failed(rv, side, what)
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn failed(rv: CK_RV, side: &str, what: &str) -> ! {
-    panic!("[{side}] {what} returned {} (0x{rv:X})", rv_name(rv))
-}
-
-fn ck_res(rv: CK_RV, side: &str, what: &str) -> Result<(), String> {
-    if rv == CKR_OK {
-        Ok(())
-    } else {
-        Err(format!(
-            "[{side}] {what} returned {} (0x{rv:X})",
-            rv_name(rv)
-        ))
-    }
-}
-
-fn oaep_sha1_params() -> CK_RSA_PKCS_OAEP_PARAMS {
-    CK_RSA_PKCS_OAEP_PARAMS {
-        hashAlg: CKM_SHA_1,
-        mgf: CKG_MGF1_SHA1,
-        source: CKZ_DATA_SPECIFIED,
-        pSourceData: null_mut(),
-        ulSourceDataLen: 0,
     }
 }
 
@@ -585,76 +516,20 @@ impl Side {
         label: &str,
         usage: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<(), String> {
-        let (class, len, yes, no) = (CKO_SECRET_KEY, 32 as CK_ULONG, CK_TRUE, CK_FALSE);
-        let mut template = vec![
-            attr(CKA_CLASS, &class),
-            attr(CKA_KEY_TYPE, &key_type),
-            attr(CKA_VALUE_LEN, &len),
-            attr_bytes(CKA_LABEL, label.as_bytes()),
-            attr(CKA_TOKEN, &yes),
-            attr(CKA_PRIVATE, &yes),
-            attr(CKA_SENSITIVE, &yes),
-            attr(CKA_EXTRACTABLE, &no),
-        ];
-        template.extend(usage.iter().map(|u| attr(*u, &yes)));
-        let mut mech = CK_MECHANISM {
-            mechanism,
-            pParameter: null_mut(),
-            ulParameterLen: 0,
+        let m = shared::Module {
+            fl: &self.fl,
+            name: &self.name,
         };
-        let mut key: CK_OBJECT_HANDLE = 0;
-        let rv = p11!(
-            self,
-            C_GenerateKey(
-                self.few[0],
-                &mut mech,
-                template.as_mut_ptr(),
-                template.len() as CK_ULONG,
-                &mut key
-            )
-        );
-        ck_res(rv, &self.name, "C_GenerateKey")
+        shared::generate_secret(&m, self.few[0], mechanism, key_type, label, usage)
     }
 
     /// An RSA-2048 key pair (exponent 65537) for OAEP.
     fn generate_rsa(&self) -> Result<(), String> {
-        let (yes, no, bits) = (CK_TRUE, CK_FALSE, 2048 as CK_ULONG);
-        let exponent = [1u8, 0, 1];
-        let mut public = [
-            attr(CKA_TOKEN, &yes),
-            attr(CKA_ENCRYPT, &yes),
-            attr(CKA_MODULUS_BITS, &bits),
-            attr_bytes(CKA_PUBLIC_EXPONENT, &exponent),
-            attr_bytes(CKA_LABEL, RSA_LABEL.as_bytes()),
-        ];
-        let mut private = [
-            attr(CKA_TOKEN, &yes),
-            attr(CKA_PRIVATE, &yes),
-            attr(CKA_SENSITIVE, &yes),
-            attr(CKA_EXTRACTABLE, &no),
-            attr(CKA_DECRYPT, &yes),
-            attr_bytes(CKA_LABEL, RSA_LABEL.as_bytes()),
-        ];
-        let mut mech = CK_MECHANISM {
-            mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN,
-            pParameter: null_mut(),
-            ulParameterLen: 0,
+        let m = shared::Module {
+            fl: &self.fl,
+            name: &self.name,
         };
-        let (mut pub_key, mut priv_key): (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) = (0, 0);
-        let rv = p11!(
-            self,
-            C_GenerateKeyPair(
-                self.few[0],
-                &mut mech,
-                public.as_mut_ptr(),
-                public.len() as CK_ULONG,
-                private.as_mut_ptr(),
-                private.len() as CK_ULONG,
-                &mut pub_key,
-                &mut priv_key
-            )
-        );
-        ck_res(rv, &self.name, "C_GenerateKeyPair")
+        shared::generate_rsa(&m, self.few[0], RSA_LABEL)
     }
 
     /// Object `i` of `sbench-many`: a private, sensitive 32-byte generic secret.
@@ -932,13 +807,6 @@ impl Side {
             iters *= 4;
         }
     }
-}
-
-fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
 }
 
 // ---------------------------------------------------------------------------------------------
