@@ -13,6 +13,7 @@
 //! name = "hsm"                             # used in logs and by [[slot]]
 //! path = "/usr/lib/softhsm/libsofthsm2.so" # the vendor module
 //! profiles = ["no-aes-gcm"]                # and/or allow = [...], deny = [...]
+//! reconnect = true                         # re-initialise it after the HSM went away (below)
 //!
 //! [[slot]]
 //! id = 0                                   # the virtual slot id applications see
@@ -30,6 +31,16 @@
 //! level = "info"                           # error | warn | info | debug | trace
 //! target = "syslog"                        # syslog | stderr | /path/to/file
 //! ```
+//!
+//! `reconnect = true` on an `[[upstream]]`: when a call to the module returns
+//! `CKR_DEVICE_REMOVED`, `CKR_DEVICE_ERROR`, or `CKR_TOKEN_NOT_PRESENT` from a call on a session,
+//! p11gate marks that upstream down and re-initialises it in a background thread (100 ms between
+//! tries, doubling up to 5 s). Calls to it fail at once with the code that took it down; other
+//! upstreams are not affected. When it is back, the app's open sessions on it are re-opened under
+//! the same handles, and logged in again where the app logged in with a PIN p11gate maps to a
+//! held credential (without one they come back logged out). Operations in progress are lost,
+//! and object handles from before are refused: find the objects again. Default: false (the
+//! module's codes pass through and nothing is re-initialised).
 
 use std::path::{Path, PathBuf};
 
@@ -303,6 +314,12 @@ pub struct UpstreamConfig {
     /// A call to this module that takes longer is logged (warn) with its function and time.
     #[serde(default)]
     pub slow_call_warn_ms: Option<u64>,
+    /// After CKR_DEVICE_REMOVED, CKR_DEVICE_ERROR or (from a session call) CKR_TOKEN_NOT_PRESENT,
+    /// re-initialise the module in the background and re-open (and, with a held credential,
+    /// re-log-in) the app's sessions on it; calls fail fast with that code meanwhile
+    /// (`router::reconnect`). Only for a module (`path`), not `soft_token`.
+    #[serde(default)]
+    pub reconnect: bool,
     /// Passed to the module's `C_Initialize` as `pReserved` (NSS-style module arguments).
     #[serde(default)]
     pub init_args: Option<String>,
@@ -629,6 +646,7 @@ impl Config {
                 path,
                 soft_token: None,
                 slow_call_warn_ms: None,
+                reconnect: false,
                 init_args: None,
                 profiles: Vec::new(),
                 allow: None,
@@ -830,6 +848,15 @@ impl Config {
                         u.name.span(),
                         format_args!(
                             "upstream {:?} has both a path and soft_token: it is one or the other",
+                            u.name.get_ref()
+                        ),
+                    ))
+                }
+                (true, Some(_)) if u.reconnect => {
+                    return Err(place.at(
+                        u.name.span(),
+                        format_args!(
+                            "upstream {:?}: reconnect is for a module (path); a soft_token cannot go down",
                             u.name.get_ref()
                         ),
                     ))
@@ -1104,6 +1131,30 @@ mod tests {
         assert_eq!(c.upstreams[0].init_args.as_deref(), Some("a=b"));
         assert_eq!(c.log.level, Some(LogLevel::Trace));
         assert_eq!(c.log.target, Some(LogTarget::File("/tmp/p.log".into())));
+        assert!(
+            !c.upstreams[0].reconnect,
+            "reconnect is off unless asked for"
+        );
+    }
+
+    #[test]
+    fn reconnect_is_for_modules_only() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"hsm\"\npath = \"/x.so\"\nreconnect = true\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(c.upstreams[0].reconnect);
+        assert_eq!(
+            err("[[upstream]]\nname = \"s\"\nsoft_token = \"/var/lib/t\"\nreconnect = true\n"),
+            "config /c/p.toml:2: upstream \"s\": reconnect is for a module (path); a soft_token cannot go down"
+        );
+        assert!(
+            err("[[upstream]]\nname = \"hsm\"\npath = \"/x.so\"\nreconnect = \"yes\"\n")
+                .starts_with(
+                    "config /c/p.toml:4: invalid type: string \"yes\", expected a boolean"
+                ),
+        );
     }
 
     #[test]

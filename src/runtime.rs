@@ -155,6 +155,7 @@ fn start(args: InitArgs) -> Result<usize> {
         pipeline::stop();
         return Err(e);
     }
+    rt.router.watch_upstreams(threads_allowed);
     log_slots(rt);
     let description = format!(
         "config {}, upstreams {}",

@@ -10,6 +10,7 @@
 //! forwarding backend passes on exactly what the application gave, and a Rust backend uses their
 //! safe accessors.
 
+pub mod health;
 pub mod upstream;
 
 use pkcs11_sys::*;
@@ -63,6 +64,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     // --- General purpose (PKCS#11 2.40 §5.4) ---
     fn initialize(&self, args: &InitArgs) -> Result<()>;
     fn finalize(&self) -> Result<()>;
+
+    // --- Reconnection (`reconnect = true`, see `router::reconnect`) ---
+    /// The health of a backend that reconnects after its device went away; None for the others.
+    fn health(&self) -> Option<std::sync::Arc<health::Health>> {
+        None
+    }
+    /// Finalises the backend (best effort) and initialises it again with the arguments of the
+    /// last `initialize`: the reconnect thread's first step.
+    fn reinitialize(&self) -> Result<()> {
+        Err(Error::FunctionNotSupported)
+    }
 
     // --- Slot and token management (§5.5) ---
     fn slot_list(&self, token_present: bool, out: OutBuf<'_, CK_SLOT_ID>) -> Result<()> {

@@ -10,6 +10,12 @@
 //! vendor libraries start threads or register handlers that crash when unloaded, and keeping it
 //! means every function pointer p11gate copied stays valid even for a call still in flight
 //! while another thread finalises. Loading the same path again reuses the loaded module.
+//!
+//! With `reconnect = true` every call goes through the upstream's [`Health`]: refused with the
+//! code that took it down while it is down, counted while it runs, and checked for an outage
+//! code when it returns. `C_Initialize` and `C_Finalize` bypass it (the reconnect thread uses
+//! them while the upstream is down); [`Backend::reinitialize`] repeats the application's
+//! `C_Initialize` arguments.
 
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pkcs11_sys::*;
 
+use super::health::Health;
 use super::{Backend, Capabilities, InitArgs, MessageKind, MutexCallbacks};
 use crate::config::UpstreamConfig;
 use crate::error::{check, Error, Result};
@@ -236,6 +243,10 @@ pub struct Upstream {
     initialized_in: AtomicU32,
     /// `slow_call_warn_ms`: calls that take longer are logged.
     slow_call: Option<std::time::Duration>,
+    /// With `reconnect = true`: up or down (see `router::reconnect`).
+    health: Option<Arc<Health>>,
+    /// The arguments of the last `initialize`, for re-initialising after an outage.
+    last_init: Mutex<Option<InitArgs>>,
 }
 
 impl Upstream {
@@ -258,6 +269,8 @@ impl Upstream {
             slow_call: config
                 .slow_call_warn_ms
                 .map(std::time::Duration::from_millis),
+            health: config.reconnect.then(|| Arc::new(Health::default())),
+            last_init: Mutex::new(None),
         })
     }
 
@@ -273,18 +286,18 @@ impl Upstream {
 }
 
 /// Calls a function of the module's 2.40 table, or answers CKR_FUNCTION_NOT_SUPPORTED when
-/// the module left that entry NULL.
+/// the module left that entry NULL. With `reconnect`, the call is refused while the upstream is
+/// down, and an outage code it returns takes it down ([`Upstream::forward`]).
 macro_rules! v2 {
     ($self:ident . $f:ident ( $($arg:expr),* $(,)? )) => {{
         let f = $self.module.v2.$f.ok_or(Error::FunctionNotSupported)?;
-        let started = $self.slow_call.map(|_| std::time::Instant::now());
-        // SAFETY: `f` is the module's own implementation from its function table, and the
-        // module stays loaded for the life of the process. The arguments are the application's,
-        // checked by `ffi::args` against what the spec forbids, with the types of this
-        // function's PKCS#11 signature.
-        let rv = unsafe { f($($arg),*) };
-        $self.note_slow(stringify!($f), started);
-        check(rv)
+        $self.forward(stringify!($f), || {
+            // SAFETY: `f` is the module's own implementation from its function table, and the
+            // module stays loaded for the life of the process. The arguments are the
+            // application's, checked by `ffi::args` against what the spec forbids, with the
+            // types of this function's PKCS#11 signature.
+            unsafe { f($($arg),*) }
+        })
     }};
 }
 
@@ -292,9 +305,22 @@ macro_rules! v2 {
 macro_rules! v3 {
     ($self:ident . $f:ident ( $($arg:expr),* $(,)? )) => {{
         let f = $self.module.v3.as_ref().and_then(|l| l.$f).ok_or(Error::FunctionNotSupported)?;
+        $self.forward(stringify!($f), || {
+            // SAFETY: as for `v2!`: the module's own 3.0 implementation (negotiated through
+            // C_GetInterface for version 3.0), called with checked arguments of its signature.
+            unsafe { f($($arg),*) }
+        })
+    }};
+}
+
+/// `C_Initialize` and `C_Finalize`: like `v2!`, but never refused and never taking the
+/// upstream down (the reconnect thread itself uses them while it is down).
+macro_rules! lifecycle {
+    ($self:ident . $f:ident ( $($arg:expr),* $(,)? )) => {{
+        let f = $self.module.v2.$f.ok_or(Error::FunctionNotSupported)?;
         let started = $self.slow_call.map(|_| std::time::Instant::now());
-        // SAFETY: as for `v2!`: the module's own 3.0 implementation (negotiated through
-        // C_GetInterface for version 3.0), called with checked arguments of its signature.
+        // SAFETY: as for `v2!`: the module's own C_Initialize / C_Finalize with arguments of
+        // their signatures (a CK_C_INITIALIZE_ARGS p11gate built, or NULL).
         let rv = unsafe { f($($arg),*) };
         $self.note_slow(stringify!($f), started);
         check(rv)
@@ -302,6 +328,24 @@ macro_rules! v3 {
 }
 
 impl Upstream {
+    /// Runs one call into the module: refused while the upstream is down (with `reconnect`),
+    /// counted while it runs, timed for `slow_call_warn_ms`, and its result checked for an
+    /// outage code.
+    #[inline(always)]
+    fn forward(&self, function: &'static str, call: impl FnOnce() -> CK_RV) -> Result<()> {
+        let _lease = match &self.health {
+            Some(h) => Some(h.enter().map_err(Error::Backend)?),
+            None => None,
+        };
+        let started = self.slow_call.map(|_| std::time::Instant::now());
+        let rv = call();
+        self.note_slow(function, started);
+        if let Some(h) = &self.health {
+            h.returned(function, rv);
+        }
+        check(rv)
+    }
+
     /// Logs a call that took longer than `slow_call_warn_ms` (`started` is None without one).
     #[inline]
     fn note_slow(&self, function: &str, started: Option<std::time::Instant>) {
@@ -341,13 +385,56 @@ impl Upstream {
     }
 
     fn call_initialize(&self, mut raw: CK_C_INITIALIZE_ARGS) -> Result<()> {
-        v2!(self.C_Initialize(&mut raw as *mut CK_C_INITIALIZE_ARGS as *mut c_void))
+        lifecycle!(self.C_Initialize(&mut raw as *mut CK_C_INITIALIZE_ARGS as *mut c_void))
     }
 
     fn init_args_ptr(&self) -> *mut c_void {
         self.init_args
             .as_ref()
             .map_or(std::ptr::null_mut(), |a| a.as_ptr() as *mut c_void)
+    }
+
+    /// The module's C_Initialize with the application's locking choice (see `initialize`).
+    fn initialize_module(&self, args: &InitArgs) -> Result<()> {
+        let generation = crate::runtime::fork_generation();
+        if self.initialized_by_us.load(Ordering::Relaxed)
+            && self.initialized_in.load(Ordering::Relaxed) != generation
+        {
+            // A child after fork(): drop the parent's state so that the child starts clean
+            // (logged out, no sessions). Locks held by the parent's threads do not block this:
+            // they are p11gate's fork-aware mutexes.
+            log::info!(
+                "upstream {}: resetting the state inherited from the parent process after fork()",
+                self.name
+            );
+            let _ = lifecycle!(self.C_Finalize(std::ptr::null_mut()));
+            self.initialized_by_us.store(false, Ordering::Relaxed);
+        }
+        let result = match args.mutexes {
+            Some(app) => self.initialize_with(args.flags, app),
+            None => match self.initialize_with(args.flags, p11gate_mutexes()) {
+                // A module that cannot use supplied mutex functions: its own OS locking then.
+                Err(Error::Backend(CKR_CANT_LOCK)) => self.initialize_with_os_locking(args.flags),
+                other => other,
+            },
+        };
+        match result {
+            Ok(()) => {
+                self.initialized_by_us.store(true, Ordering::Relaxed);
+                self.initialized_in.store(generation, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Error::Backend(CKR_CRYPTOKI_ALREADY_INITIALIZED)) => {
+                log::info!(
+                    "upstream {} ({}) was already initialised in this process; p11gate will not finalise it",
+                    self.name,
+                    self.path().display()
+                );
+                self.initialized_by_us.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -394,53 +481,32 @@ impl Backend for Upstream {
     }
 
     fn initialize(&self, args: &InitArgs) -> Result<()> {
-        let generation = crate::runtime::fork_generation();
-        if self.initialized_by_us.load(Ordering::Relaxed)
-            && self.initialized_in.load(Ordering::Relaxed) != generation
-        {
-            // A child after fork(): drop the parent's state so that the child starts clean
-            // (logged out, no sessions). Locks held by the parent's threads do not block this:
-            // they are p11gate's fork-aware mutexes.
-            log::info!(
-                "upstream {}: resetting the state inherited from the parent process after fork()",
-                self.name
-            );
-            let _ = v2!(self.C_Finalize(std::ptr::null_mut()));
-            self.initialized_by_us.store(false, Ordering::Relaxed);
+        let forked =
+            self.initialized_in.load(Ordering::Relaxed) != crate::runtime::fork_generation();
+        if let Some(h) = &self.health {
+            h.reset(forked);
         }
-        let result = match args.mutexes {
-            Some(app) => self.initialize_with(args.flags, app),
-            None => match self.initialize_with(args.flags, p11gate_mutexes()) {
-                // A module that cannot use supplied mutex functions: its own OS locking then.
-                Err(Error::Backend(CKR_CANT_LOCK)) => self.initialize_with_os_locking(args.flags),
-                other => other,
-            },
-        };
-        match result {
-            Ok(()) => {
-                self.initialized_by_us.store(true, Ordering::Relaxed);
-                self.initialized_in.store(generation, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(Error::Backend(CKR_CRYPTOKI_ALREADY_INITIALIZED)) => {
-                log::info!(
-                    "upstream {} ({}) was already initialised in this process; p11gate will not finalise it",
-                    self.name,
-                    self.path().display()
-                );
-                self.initialized_by_us.store(false, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        *self.last_init.lock() = Some(*args);
+        self.initialize_module(args)
     }
 
     fn finalize(&self) -> Result<()> {
         if self.initialized_by_us.swap(false, Ordering::Relaxed) {
-            v2!(self.C_Finalize(std::ptr::null_mut()))
+            lifecycle!(self.C_Finalize(std::ptr::null_mut()))
         } else {
             Ok(())
         }
+    }
+
+    fn health(&self) -> Option<Arc<Health>> {
+        self.health.clone()
+    }
+
+    fn reinitialize(&self) -> Result<()> {
+        let args = (*self.last_init.lock()).ok_or(Error::NotInitialized)?;
+        // Best effort: a module whose device is gone may fail here; its state goes either way.
+        let _ = self.finalize();
+        self.initialize_module(&args)
     }
 
     fn slot_list(&self, token_present: bool, mut out: OutBuf<'_, CK_SLOT_ID>) -> Result<()> {

@@ -9,13 +9,20 @@
 //! Slots ([`slots`]): with `[[slot]]` entries, the app sees exactly its configured virtual ids,
 //! in its configured order; any other id is `CKR_SLOT_ID_INVALID`. Without them, the single
 //! upstream's slot ids pass through unchanged.
+//!
+//! An upstream with `reconnect = true` is brought back after an outage by [`reconnect`]: its
+//! sessions keep their virtual handles, with new upstream handles behind them.
 
 pub mod objects;
+pub mod reconnect;
 pub mod sessions;
 pub mod slots;
 
+use std::sync::Arc;
+
 use pkcs11_sys::*;
 
+use crate::backend::health::{Health, Lease};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ffi::args::{AttributeQuery, InBuf, OutBuf, Template};
@@ -24,7 +31,9 @@ use sessions::{SessionRoute, SessionTable};
 use slots::SlotEntry;
 
 /// A resolved session: the backend that owns it, the backend's own handle, and its slot.
-#[derive(Debug, Clone, Copy)]
+/// For an upstream that reconnects it holds a lease on the upstream's health while it lives,
+/// so that a reconnect never swaps the handle from under a caller that read it.
+#[derive(Debug)]
 pub struct Session<'a> {
     pub backend: &'a dyn Backend,
     /// The backend's session handle.
@@ -35,6 +44,7 @@ pub struct Session<'a> {
     pub entry: &'a SlotEntry,
     /// The index of that entry in the router.
     pub slot_index: usize,
+    _lease: Option<Lease<'a>>,
 }
 
 /// A resolved slot with a present token.
@@ -54,20 +64,28 @@ pub struct Router {
     backends: Vec<Box<dyn Backend>>,
     slots: Vec<SlotEntry>,
     sessions: SessionTable,
-    /// Kept only when a backend serves several of the app's slots.
+    /// Kept only when a backend serves several of the app's slots, or reconnects.
     objects: Option<ObjectScopes>,
+    /// Per backend: its health, when it reconnects.
+    health: Vec<Option<Arc<Health>>>,
+    /// Per backend: its reconnect thread.
+    reconnects: reconnect::Workers,
 }
 
 impl Router {
     /// `slots` is either one passthrough entry, or the app's mapped slots in its order.
     pub fn new(app: String, backends: Vec<Box<dyn Backend>>, slots: Vec<SlotEntry>) -> Router {
-        let objects = ObjectScopes::new(&slots);
+        let health: Vec<Option<Arc<Health>>> = backends.iter().map(|b| b.health()).collect();
+        let reconnecting: Vec<bool> = health.iter().map(Option::is_some).collect();
+        let objects = ObjectScopes::new(&slots, &reconnecting);
         Router {
             app,
+            reconnects: reconnect::Workers::new(backends.len()),
             backends,
             slots,
             sessions: SessionTable::default(),
             objects,
+            health,
         }
     }
 
@@ -94,7 +112,18 @@ impl Router {
     /// The session behind a virtual handle.
     #[inline]
     pub fn session(&self, handle: CK_SESSION_HANDLE) -> Result<Session<'_>> {
-        let route = self.sessions.get(handle)?;
+        let mut route = self.sessions.get(handle)?;
+        let mut lease = None;
+        if let Some(Some(health)) = self.health.get(route.backend) {
+            // Leased first, then read again: a reconnect either waits for this caller, or has
+            // swapped the handle before this read (see `backend::health`).
+            lease = Some(health.lease());
+            let again = self.sessions.get(handle)?;
+            if again.backend != route.backend {
+                return Err(Error::SessionHandleInvalid);
+            }
+            route = again;
+        }
         let backend = self
             .backends
             .get(route.backend)
@@ -109,7 +138,13 @@ impl Router {
             slot: route.slot,
             entry,
             slot_index: route.slot_index,
+            _lease: lease,
         })
+    }
+
+    /// A lease on the health of a backend that reconnects (see `backend::health`).
+    fn lease(&self, backend: usize) -> Option<Lease<'_>> {
+        self.health.get(backend)?.as_ref().map(|h| h.lease())
     }
 
     /// The entry for a slot id the application named, or `CKR_SLOT_ID_INVALID`.
@@ -147,8 +182,12 @@ impl Router {
     }
 
     /// The backend slot behind a slot id, with its token; `fresh` asks the upstream again.
+    /// While its upstream is down (reconnect), the code that took it down.
     pub fn slot(&self, id: CK_SLOT_ID, fresh: bool) -> Result<Slot<'_>> {
         let (index, entry) = self.entry(id)?;
+        if let Some(Some(code)) = self.health.get(entry.backend).map(|h| h.as_ref()?.down()) {
+            return Err(Error::Backend(code));
+        }
         let backend = self.backend_of(entry);
         let real = if entry.is_passthrough() {
             Some(id)
@@ -176,7 +215,8 @@ impl Router {
             .slots
             .iter()
             .filter(|e| {
-                let found = e.find(self.backend_of(e)).is_some();
+                // An upstream that is down (reconnect) is not asked: its tokens are away.
+                let found = !self.is_down(e.backend) && e.find(self.backend_of(e)).is_some();
                 found || !token_present
             })
             .map(|e| e.id)
@@ -247,6 +287,8 @@ impl Router {
                 .policy
                 .check_writable("C_OpenSession (read-write)", slot_id)?;
         }
+        // Held until the route is in the table, so that a reconnect re-opens this session too.
+        let _lease = self.lease(entry.backend);
         let slot = match self.slot(slot_id, false) {
             Ok(s) => s,
             // Not found before: the token may have come back.
@@ -268,6 +310,7 @@ impl Router {
             slot_index: slot.index,
             handle,
             slot: slot_id,
+            flags,
         };
         self.sessions.insert(route).inspect_err(|_| {
             // No room for it: don't leave the backend session open behind the application.
@@ -277,19 +320,46 @@ impl Router {
 
     /// `C_CloseSession`: the virtual handle is forgotten once the backend has closed the
     /// session, or says it no longer exists.
+    /// While its upstream is down (reconnect) the session is forgotten too, and not re-opened:
+    /// the call still returns the code that took the upstream down.
     pub fn close_session(&self, handle: CK_SESSION_HANDLE) -> Result<()> {
         let s = self.session(handle)?;
         let result = s.backend.close_session(s.handle);
-        if matches!(
-            result,
-            Ok(())
-                | Err(Error::Backend(
-                    CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED
-                ))
-        ) {
+        let down = self.is_down(s.entry.backend);
+        if down
+            || matches!(
+                result,
+                Ok(())
+                    | Err(Error::Backend(
+                        CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED
+                    ))
+            )
+        {
             self.sessions.remove(handle);
+            self.note_session_gone(s.slot_index);
         }
         result
+    }
+
+    /// Whether a backend that reconnects is down now.
+    fn is_down(&self, backend: usize) -> bool {
+        matches!(self.health.get(backend), Some(Some(h)) if h.down().is_some())
+    }
+
+    /// After a session of slot entry `index` closed: the token logs out with its last session.
+    fn note_session_gone(&self, index: usize) {
+        let Some(entry) = self.slots.get(index) else {
+            return;
+        };
+        if entry.logged_in()
+            && !self
+                .sessions
+                .open_routes()
+                .iter()
+                .any(|r| r.slot_index == index)
+        {
+            entry.set_logged_in(false);
+        }
     }
 
     /// `C_CloseAllSessions`. For a mapped slot only this app's sessions on it are closed, one by
@@ -326,6 +396,7 @@ impl Router {
             }
         }
         closed.extend(self.sessions.remove_where(|r| r.slot_index == index));
+        entry.set_logged_in(false);
         result
     }
 
@@ -367,7 +438,23 @@ impl Router {
         }
         let secret = slots::credential_secret(&credential);
         drop(credential);
-        s.backend.login(s.handle, user, InBuf::from_slice(&secret))
+        let result = s.backend.login(s.handle, user, InBuf::from_slice(&secret));
+        if matches!(
+            result,
+            Ok(()) | Err(Error::Backend(CKR_USER_ALREADY_LOGGED_IN))
+        ) {
+            s.entry.set_logged_in(true);
+        }
+        result
+    }
+
+    /// `C_Logout`.
+    pub fn logout(&self, s: &Session<'_>) -> Result<()> {
+        let result = s.backend.logout(s.handle);
+        if matches!(result, Ok(()) | Err(Error::Backend(CKR_USER_NOT_LOGGED_IN))) {
+            s.entry.set_logged_in(false);
+        }
+        result
     }
 
     /// Refuses PIN changes on a slot whose credential p11gate holds (change it in the
@@ -484,6 +571,8 @@ impl Router {
     /// Closes every session still open and wipes credentials (C_Finalize); returns the virtual
     /// handles of the sessions it closed, with their routes (for the audit trail).
     pub fn close_everything(&self) -> Vec<(CK_SESSION_HANDLE, SessionRoute)> {
+        // No reconnect thread calls an upstream once C_Finalize has returned.
+        self.stop_reconnects();
         let open = self.sessions.open_sessions();
         for (_, route) in &open {
             if let Some(b) = self.backends.get(route.backend) {
@@ -494,6 +583,7 @@ impl Router {
         for e in &self.slots {
             e.drop_credential();
             e.forget_location();
+            e.set_logged_in(false);
         }
         open
     }
@@ -502,6 +592,9 @@ impl Router {
     /// sessions belong to the parent).
     pub fn forget_sessions(&self) {
         self.sessions.remove_where(|_| true);
+        for e in &self.slots {
+            e.set_logged_in(false);
+        }
     }
 }
 

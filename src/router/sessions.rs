@@ -16,7 +16,7 @@
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use once_cell::sync::OnceCell;
-use pkcs11_sys::{CK_SESSION_HANDLE, CK_SLOT_ID};
+use pkcs11_sys::{CK_FLAGS, CK_SESSION_HANDLE, CK_SLOT_ID};
 
 use crate::error::{Error, Result};
 
@@ -43,6 +43,8 @@ pub struct SessionRoute {
     pub handle: CK_SESSION_HANDLE,
     /// The virtual slot id.
     pub slot: CK_SLOT_ID,
+    /// The flags it was opened with (to open it again after a reconnect).
+    pub flags: CK_FLAGS,
 }
 
 #[derive(Debug)]
@@ -52,6 +54,7 @@ struct Entry {
     slot: AtomicU64,
     /// backend << 32 | slot_index
     owner: AtomicU64,
+    flags: AtomicU64,
 }
 
 /// The table of open sessions of one runtime.
@@ -72,6 +75,7 @@ impl Entry {
             handle: AtomicU64::new(0),
             slot: AtomicU64::new(0),
             owner: AtomicU64::new(0),
+            flags: AtomicU64::new(0),
         }
     }
 }
@@ -140,6 +144,7 @@ impl SessionTable {
             slot_index: (owner & 0xffff_ffff) as usize,
             handle: entry.handle.load(Ordering::Relaxed),
             slot: entry.slot.load(Ordering::Relaxed),
+            flags: entry.flags.load(Ordering::Relaxed),
         };
         // Seqlock check: if the entry was closed and reused while we read, refuse.
         fence(Ordering::Acquire);
@@ -192,6 +197,7 @@ impl SessionTable {
         fence(Ordering::Release);
         entry.handle.store(route.handle, Ordering::Relaxed);
         entry.slot.store(route.slot, Ordering::Relaxed);
+        entry.flags.store(route.flags, Ordering::Relaxed);
         entry.owner.store(
             (route.backend as u64) << 32 | route.slot_index as u64 & 0xffff_ffff,
             Ordering::Relaxed,
@@ -219,6 +225,33 @@ impl SessionTable {
             .state
             .compare_exchange(state, closed, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Puts a new backend handle behind an open virtual handle (after a reconnect re-opened its
+    /// session), if it still has `old`; false when the application closed it meanwhile. The
+    /// virtual handle does not change. Callers that may hold the old route are excluded by
+    /// the upstream's health lease (`backend::health`), not by this table.
+    pub fn replace_handle(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        old: CK_SESSION_HANDLE,
+        new: CK_SESSION_HANDLE,
+    ) -> bool {
+        let Some(index) = index_of(handle) else {
+            return false;
+        };
+        let Some(entry) = self.entry(index) else {
+            return false;
+        };
+        let state = entry.state.load(Ordering::Acquire);
+        if state & FLAGS != OPEN || handle_of(state, index) != handle {
+            return false;
+        }
+        entry
+            .handle
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+            && entry.state.load(Ordering::Acquire) == state
     }
 
     /// Forgets every session that `matches`, returning their virtual handles.
@@ -276,6 +309,7 @@ mod tests {
             slot_index: 1,
             handle: h,
             slot: 7,
+            flags: 6,
         }
     }
 
@@ -309,6 +343,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reconnect_swaps_the_backend_handle_behind_the_same_virtual_handle() {
+        let t = SessionTable::default();
+        let a = t.insert(route(100)).unwrap();
+        assert!(!t.replace_handle(a, 99, 5), "not the handle it has");
+        assert!(t.replace_handle(a, 100, 5));
+        assert_eq!(
+            t.get(a).unwrap(),
+            SessionRoute {
+                handle: 5,
+                ..route(100)
+            }
+        );
+        t.remove(a);
+        assert!(!t.replace_handle(a, 5, 6), "closed meanwhile");
+        let b = t.insert(route(200)).unwrap();
+        assert!(
+            !t.replace_handle(a, 200, 7),
+            "a stale handle of a reused entry"
+        );
+        assert_eq!(t.get(b).unwrap().handle, 200);
+    }
+
+    #[test]
     fn remove_where_and_open_routes() {
         let t = SessionTable::default();
         let hs: Vec<_> = (0..10)
@@ -318,6 +375,7 @@ mod tests {
                     slot_index: 0,
                     handle: i,
                     slot: i % 2,
+                    flags: 4,
                 })
                 .unwrap()
             })
@@ -345,6 +403,7 @@ mod tests {
                                 slot_index: 2,
                                 handle: real,
                                 slot: n,
+                                flags: 4,
                             })
                             .unwrap();
                         let r = t.get(h).unwrap();

@@ -9,6 +9,8 @@
 //! Without `[[slot]]` entries there is one passthrough entry: the upstream's own slot ids,
 //! unchanged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::RwLock;
 use pkcs11_sys::*;
 use zeroize::Zeroizing;
@@ -39,6 +41,9 @@ pub struct SlotEntry {
     /// Token labels seen in `C_GetTokenInfo` answers, by the slot id the application used, for
     /// audit records (a passthrough entry stands for several slots).
     token_labels: RwLock<Vec<(CK_SLOT_ID, std::sync::Arc<str>)>>,
+    /// Whether the app is logged in as the user with the held credential: a reconnect logs in
+    /// again only then.
+    logged_in: AtomicBool,
 }
 
 impl SlotEntry {
@@ -58,7 +63,19 @@ impl SlotEntry {
             credential: RwLock::new(None),
             found: RwLock::new(None),
             token_labels: RwLock::new(Vec::new()),
+            logged_in: AtomicBool::new(false),
         }
+    }
+
+    /// Notes a user login with the held credential (true) or its end (false: C_Logout, the
+    /// last session closed, C_Finalize).
+    pub fn set_logged_in(&self, yes: bool) {
+        self.logged_in.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether the app logged in with the held credential and has not logged out since.
+    pub fn logged_in(&self) -> bool {
+        self.logged_in.load(Ordering::Relaxed)
     }
 
     /// The label of the token behind the application's slot `id`, as far as known: the

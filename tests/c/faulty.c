@@ -17,6 +17,17 @@
  * scratch buffer it then discards, so that the real module does not keep it open behind the
  * error (like a device that lost its answer).
  *
+ * Outage mode, for tests/upstream_reconnect.rs: with FAULTY_OUTAGE_FILE set, while that file
+ * exists the device is "away": every wrapped call (C_Initialize included) returns
+ * FAULTY_OUTAGE_RV (default 0x32, CKR_DEVICE_REMOVED) without the real module doing it. When
+ * the file is gone the device is back, having lost its state: the first call after the outage
+ * finalises and initialises the real module again (with the arguments of the last successful
+ * C_Initialize), so the sessions and logins of before are gone, unless the caller went through
+ * C_Finalize and C_Initialize itself. C_Finalize always reaches the real module. The exported
+ * faulty_outage_answers() counts the calls answered with the outage code, C_Initialize apart,
+ * and faulty_outage_initializes() the C_Initialize calls refused: a test that loaded this
+ * module can read them with dlsym.
+ *
  * The schedule and the real module are read once per process, by whichever of C_GetFunctionList
  * and C_Initialize runs first. Call counters are atomic, so any number of threads may call.
  * A schedule that cannot be parsed, or a real module that cannot be loaded, makes
@@ -31,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -70,6 +82,51 @@ static CK_FUNCTION_LIST *real;
 static CK_FUNCTION_LIST patched;
 static int setup_ok;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+
+static const char *outage_file;
+static CK_RV outage_rv = CKR_DEVICE_REMOVED;
+static atomic_int lost;                   /* the device was away; its state is gone */
+static atomic_ulong outage_answers;       /* calls answered with outage_rv, C_Initialize apart */
+static atomic_ulong outage_initializes;   /* C_Initialize calls answered with outage_rv */
+static pthread_mutex_t reset_lock = PTHREAD_MUTEX_INITIALIZER;
+static CK_C_INITIALIZE_ARGS saved_args;
+static int have_saved_args;
+
+EXPORT unsigned long faulty_outage_answers(void)
+{
+    return atomic_load(&outage_answers);
+}
+
+EXPORT unsigned long faulty_outage_initializes(void)
+{
+    return atomic_load(&outage_initializes);
+}
+
+static int outage_active(void)
+{
+    return outage_file != NULL && access(outage_file, F_OK) == 0;
+}
+
+/* 1 and *rv while the device is away; otherwise 0, after resetting the real module once if the
+ * device came back from an outage. */
+static int outage(CK_RV *rv)
+{
+    if (outage_active()) {
+        atomic_store(&lost, 1);
+        atomic_fetch_add(&outage_answers, 1);
+        *rv = outage_rv;
+        return 1;
+    }
+    if (atomic_load(&lost)) {
+        pthread_mutex_lock(&reset_lock);
+        if (atomic_exchange(&lost, 0)) {
+            real->C_Finalize(NULL);
+            real->C_Initialize(have_saved_args ? (void *)&saved_args : NULL);
+        }
+        pthread_mutex_unlock(&reset_lock);
+    }
+    return 0;
+}
 
 static int parse_schedule(const char *text)
 {
@@ -148,6 +205,7 @@ static int fault(enum fn fn, CK_RV *rv)
 }
 
 static CK_RV w_initialize(void *args);
+static CK_RV w_finalize(void *reserved);
 static CK_RV w_open_session(CK_SLOT_ID, CK_FLAGS, void *, CK_NOTIFY, CK_SESSION_HANDLE_PTR);
 static CK_RV w_login(CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG);
 static CK_RV w_find_objects_init(CK_SESSION_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG);
@@ -157,6 +215,25 @@ static CK_RV w_sign_init(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
 static CK_RV w_sign(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
 static CK_RV w_generate_random(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG);
 static CK_RV w_get_function_list(CK_FUNCTION_LIST_PTR_PTR list);
+static CK_RV w_get_slot_list(CK_BBOOL, CK_SLOT_ID_PTR, CK_ULONG_PTR);
+static CK_RV w_get_slot_info(CK_SLOT_ID, CK_SLOT_INFO_PTR);
+static CK_RV w_get_token_info(CK_SLOT_ID, CK_TOKEN_INFO_PTR);
+static CK_RV w_get_mechanism_list(CK_SLOT_ID, CK_MECHANISM_TYPE_PTR, CK_ULONG_PTR);
+static CK_RV w_get_mechanism_info(CK_SLOT_ID, CK_MECHANISM_TYPE, CK_MECHANISM_INFO_PTR);
+static CK_RV w_close_session(CK_SESSION_HANDLE);
+static CK_RV w_close_all_sessions(CK_SLOT_ID);
+static CK_RV w_get_session_info(CK_SESSION_HANDLE, CK_SESSION_INFO_PTR);
+static CK_RV w_logout(CK_SESSION_HANDLE);
+static CK_RV w_find_objects(CK_SESSION_HANDLE, CK_OBJECT_HANDLE_PTR, CK_ULONG, CK_ULONG_PTR);
+static CK_RV w_find_objects_final(CK_SESSION_HANDLE);
+static CK_RV w_get_attribute_value(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR,
+                                   CK_ULONG);
+static CK_RV w_decrypt_init(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+static CK_RV w_decrypt(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+static CK_RV w_verify_init(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+static CK_RV w_verify(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+static CK_RV w_generate_key(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_ATTRIBUTE_PTR, CK_ULONG,
+                            CK_OBJECT_HANDLE_PTR);
 
 static void setup(void)
 {
@@ -164,6 +241,17 @@ static void setup(void)
     if (schedule != NULL && !parse_schedule(schedule)) {
         fprintf(stderr, "faulty: cannot parse FAULTY_SCHEDULE=\"%s\"\n", schedule);
         return;
+    }
+    outage_file = getenv("FAULTY_OUTAGE_FILE");
+    const char *code = getenv("FAULTY_OUTAGE_RV");
+    if (code != NULL) {
+        char *end;
+        errno = 0;
+        outage_rv = strtoul(code, &end, 0);
+        if (errno != 0 || *end != '\0' || end == code) {
+            fprintf(stderr, "faulty: cannot parse FAULTY_OUTAGE_RV=\"%s\"\n", code);
+            return;
+        }
     }
     const char *path = getenv("FAULTY_REAL");
     if (path == NULL) {
@@ -183,6 +271,7 @@ static void setup(void)
     patched = *real;
     patched.C_GetFunctionList = w_get_function_list;
     patched.C_Initialize = w_initialize;
+    patched.C_Finalize = w_finalize;
     patched.C_OpenSession = w_open_session;
     patched.C_Login = w_login;
     patched.C_FindObjectsInit = w_find_objects_init;
@@ -191,6 +280,23 @@ static void setup(void)
     patched.C_SignInit = w_sign_init;
     patched.C_Sign = w_sign;
     patched.C_GenerateRandom = w_generate_random;
+    patched.C_GetSlotList = w_get_slot_list;
+    patched.C_GetSlotInfo = w_get_slot_info;
+    patched.C_GetTokenInfo = w_get_token_info;
+    patched.C_GetMechanismList = w_get_mechanism_list;
+    patched.C_GetMechanismInfo = w_get_mechanism_info;
+    patched.C_CloseSession = w_close_session;
+    patched.C_CloseAllSessions = w_close_all_sessions;
+    patched.C_GetSessionInfo = w_get_session_info;
+    patched.C_Logout = w_logout;
+    patched.C_FindObjects = w_find_objects;
+    patched.C_FindObjectsFinal = w_find_objects_final;
+    patched.C_GetAttributeValue = w_get_attribute_value;
+    patched.C_DecryptInit = w_decrypt_init;
+    patched.C_Decrypt = w_decrypt;
+    patched.C_VerifyInit = w_verify_init;
+    patched.C_Verify = w_verify;
+    patched.C_GenerateKey = w_generate_key;
     setup_ok = 1;
 }
 
@@ -220,16 +326,36 @@ static CK_RV w_initialize(void *args)
     CK_RV rv;
     if (!ready())
         return CKR_GENERAL_ERROR;
+    if (outage_active()) {
+        atomic_store(&lost, 1);
+        atomic_fetch_add(&outage_initializes, 1);
+        return outage_rv;
+    }
     if (fault(F_INITIALIZE, &rv))
         return rv;
-    return real->C_Initialize(args);
+    rv = real->C_Initialize(args);
+    if (rv == CKR_OK) {
+        /* Whatever the device lost, this is a fresh start. */
+        atomic_store(&lost, 0);
+        if (args != NULL) {
+            saved_args = *(CK_C_INITIALIZE_ARGS *)args;
+            have_saved_args = 1;
+        }
+    }
+    return rv;
+}
+
+static CK_RV w_finalize(void *reserved)
+{
+    atomic_store(&lost, 0);
+    return real->C_Finalize(reserved);
 }
 
 static CK_RV w_open_session(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTIFY notify,
                             CK_SESSION_HANDLE_PTR session)
 {
     CK_RV rv;
-    if (fault(F_OPEN_SESSION, &rv))
+    if (outage(&rv) || fault(F_OPEN_SESSION, &rv))
         return rv;
     return real->C_OpenSession(slot, flags, app, notify, session);
 }
@@ -238,7 +364,7 @@ static CK_RV w_login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_P
                      CK_ULONG pin_len)
 {
     CK_RV rv;
-    if (fault(F_LOGIN, &rv))
+    if (outage(&rv) || fault(F_LOGIN, &rv))
         return rv;
     return real->C_Login(session, user, pin, pin_len);
 }
@@ -247,7 +373,7 @@ static CK_RV w_find_objects_init(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR tem
                                  CK_ULONG count)
 {
     CK_RV rv;
-    if (fault(F_FIND_OBJECTS_INIT, &rv))
+    if (outage(&rv) || fault(F_FIND_OBJECTS_INIT, &rv))
         return rv;
     return real->C_FindObjectsInit(session, templ, count);
 }
@@ -256,7 +382,7 @@ static CK_RV w_encrypt_init(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
                             CK_OBJECT_HANDLE key)
 {
     CK_RV rv;
-    if (fault(F_ENCRYPT_INIT, &rv))
+    if (outage(&rv) || fault(F_ENCRYPT_INIT, &rv))
         return rv;
     return real->C_EncryptInit(session, mech, key);
 }
@@ -283,6 +409,8 @@ static CK_RV w_encrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len
                        CK_BYTE_PTR out, CK_ULONG_PTR out_len)
 {
     CK_RV rv;
+    if (outage(&rv))
+        return rv;
     if (fault(F_ENCRYPT, &rv)) {
         end_real_operation(real->C_Encrypt, session, data, len);
         return rv;
@@ -293,7 +421,7 @@ static CK_RV w_encrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len
 static CK_RV w_sign_init(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
     CK_RV rv;
-    if (fault(F_SIGN_INIT, &rv))
+    if (outage(&rv) || fault(F_SIGN_INIT, &rv))
         return rv;
     return real->C_SignInit(session, mech, key);
 }
@@ -302,6 +430,8 @@ static CK_RV w_sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, C
                     CK_ULONG_PTR out_len)
 {
     CK_RV rv;
+    if (outage(&rv))
+        return rv;
     if (fault(F_SIGN, &rv)) {
         end_real_operation(real->C_Sign, session, data, len);
         return rv;
@@ -312,7 +442,110 @@ static CK_RV w_sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, C
 static CK_RV w_generate_random(CK_SESSION_HANDLE session, CK_BYTE_PTR out, CK_ULONG len)
 {
     CK_RV rv;
-    if (fault(F_GENERATE_RANDOM, &rv))
+    if (outage(&rv) || fault(F_GENERATE_RANDOM, &rv))
         return rv;
     return real->C_GenerateRandom(session, out, len);
+}
+
+/* Calls that only the outage mode touches. */
+#define PASS(call)                                                                                \
+    do {                                                                                          \
+        CK_RV rv_;                                                                                \
+        if (outage(&rv_))                                                                         \
+            return rv_;                                                                           \
+        return real->call;                                                                        \
+    } while (0)
+
+static CK_RV w_get_slot_list(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+{
+    PASS(C_GetSlotList(present, list, count));
+}
+
+static CK_RV w_get_slot_info(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+    PASS(C_GetSlotInfo(slot, info));
+}
+
+static CK_RV w_get_token_info(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+    PASS(C_GetTokenInfo(slot, info));
+}
+
+static CK_RV w_get_mechanism_list(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
+                                  CK_ULONG_PTR count)
+{
+    PASS(C_GetMechanismList(slot, list, count));
+}
+
+static CK_RV w_get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
+                                  CK_MECHANISM_INFO_PTR info)
+{
+    PASS(C_GetMechanismInfo(slot, type, info));
+}
+
+static CK_RV w_close_session(CK_SESSION_HANDLE session)
+{
+    PASS(C_CloseSession(session));
+}
+
+static CK_RV w_close_all_sessions(CK_SLOT_ID slot)
+{
+    PASS(C_CloseAllSessions(slot));
+}
+
+static CK_RV w_get_session_info(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info)
+{
+    PASS(C_GetSessionInfo(session, info));
+}
+
+static CK_RV w_logout(CK_SESSION_HANDLE session)
+{
+    PASS(C_Logout(session));
+}
+
+static CK_RV w_find_objects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE_PTR found, CK_ULONG max,
+                            CK_ULONG_PTR count)
+{
+    PASS(C_FindObjects(session, found, max, count));
+}
+
+static CK_RV w_find_objects_final(CK_SESSION_HANDLE session)
+{
+    PASS(C_FindObjectsFinal(session));
+}
+
+static CK_RV w_get_attribute_value(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
+                                   CK_ATTRIBUTE_PTR templ, CK_ULONG count)
+{
+    PASS(C_GetAttributeValue(session, object, templ, count));
+}
+
+static CK_RV w_decrypt_init(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
+                            CK_OBJECT_HANDLE key)
+{
+    PASS(C_DecryptInit(session, mech, key));
+}
+
+static CK_RV w_decrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len,
+                       CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+    PASS(C_Decrypt(session, data, len, out, out_len));
+}
+
+static CK_RV w_verify_init(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
+                           CK_OBJECT_HANDLE key)
+{
+    PASS(C_VerifyInit(session, mech, key));
+}
+
+static CK_RV w_verify(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len,
+                      CK_BYTE_PTR sig, CK_ULONG sig_len)
+{
+    PASS(C_Verify(session, data, len, sig, sig_len));
+}
+
+static CK_RV w_generate_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
+                            CK_ATTRIBUTE_PTR templ, CK_ULONG count, CK_OBJECT_HANDLE_PTR key)
+{
+    PASS(C_GenerateKey(session, mech, templ, count, key));
 }

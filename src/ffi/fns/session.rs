@@ -200,7 +200,7 @@ pub unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
         |rt, call| {
             let s = rt.router.session(hSession)?;
             call.session(&s, hSession);
-            s.backend.logout(s.handle)
+            rt.router.logout(&s)
         },
     )
 }
