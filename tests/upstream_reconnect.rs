@@ -344,6 +344,23 @@ fn without_reconnect_the_session_stays_broken_until_the_client_initialises_again
     assert!(!recs.iter().any(|r| r["event"] == "outage"), "{recs:#?}");
 }
 
+/// Four threads encrypt on sessions of their own while the HSM goes away and comes back, and a
+/// fifth on the other upstream: every call returns within 2 s, with the right ciphertext or
+/// the outage code, and each thread's session is back, with its key found again.
+#[test]
+fn threads_in_flight_ride_through_an_outage() {
+    let fx = Fixture::new();
+    let (log, _) = fx.run("concurrent", true);
+    assert_eq!(lines_with(&log, "upstream hsm: down").len(), 1, "{log}");
+    let back = lines_with(&log, "upstream hsm: back after ");
+    assert_eq!(back.len(), 1, "{log}");
+    assert!(
+        back[0].ends_with(": 6 session(s) re-opened, 1 login(s)"),
+        "{}",
+        back[0]
+    );
+}
+
 /// C_Finalize while the upstream is down and its reconnect thread retries: it returns at once
 /// and no reconnect thread is left; after the outage C_Initialize brings everything back.
 #[test]
@@ -368,6 +385,7 @@ fn child_process() {
         "reconnect" => child::reconnect(),
         "no_reconnect" => child::no_reconnect(),
         "finalize_while_down" => child::finalize_while_down(),
+        "concurrent" => child::concurrent(),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("scenario {scenario} finished");
@@ -463,6 +481,11 @@ mod child {
         _lib: libloading::Library,
         list: CK_FUNCTION_LIST_PTR,
     }
+
+    // SAFETY: the list is p11gate's static function table, valid while the library is loaded
+    // (as long as the Gate); p11gate is initialised with CKF_OS_LOCKING_OK and may be called
+    // from any number of threads.
+    unsafe impl Sync for Gate {}
 
     fn attr<T>(type_: CK_ATTRIBUTE_TYPE, value: &T) -> CK_ATTRIBUTE {
         CK_ATTRIBUTE {
@@ -1001,6 +1024,108 @@ mod child {
         expect("C_Login", g.login(s, APP_PIN), CKR_OK);
         let aes = g.find(s, "vault-aes").expect("find vault-aes");
         assert_eq!(g.gcm_ok(s, aes), st.ciphertext);
+        expect("C_Finalize", g.finalize(), CKR_OK);
+    }
+
+    pub fn concurrent() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let st = start();
+        let g = &st.gate;
+        let sessions: Vec<CK_SESSION_HANDLE> = (0..4)
+            .map(|_| {
+                g.open(0, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+                    .expect("C_OpenSession")
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        // Per worker: calls that worked, calls refused with the outage code.
+        let ok: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(0)).collect();
+        let down: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(0)).collect();
+        let oks =
+            |n: usize| -> Vec<u64> { ok[..n].iter().map(|c| c.load(Ordering::SeqCst)).collect() };
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let t0 = Instant::now();
+            while !done() {
+                assert!(t0.elapsed() < COMEBACK, "{what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        std::thread::scope(|scope| {
+            for (w, &s) in sessions.iter().enumerate() {
+                let (stop, ok, down, st) = (&stop, &ok[w], &down[w], &st);
+                scope.spawn(move || {
+                    let mut key = st.aes;
+                    while !stop.load(Ordering::SeqCst) {
+                        match quick("GCM encrypt", || g.gcm(s, key, true, &PLAINTEXT)) {
+                            // The right key, whatever happened.
+                            Ok(c) => {
+                                assert_eq!(c, st.ciphertext);
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(CKR_DEVICE_REMOVED) => {
+                                down.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // Back, with handles numbered afresh: find the key again.
+                            Err(CKR_KEY_HANDLE_INVALID) => match g.find(s, "vault-aes") {
+                                Ok(k) => key = k,
+                                Err(rv) => expect("C_FindObjectsInit", rv, CKR_DEVICE_REMOVED),
+                            },
+                            Err(rv) => panic!("worker {w}: GCM encrypt returned {rv:#x}"),
+                        }
+                    }
+                    assert_eq!(g.state(s), Ok(CKS_RW_USER_FUNCTIONS));
+                });
+            }
+            let (stop, plain_ok) = (&stop, &ok[4]);
+            let st = &st;
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    quick("plain GCM", || g.gcm_ok(st.plain, st.plain_key));
+                    plain_ok.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            // Stops the workers however this closure ends (an assertion failing included).
+            struct StopOnDrop<'a>(&'a AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _stop = StopOnDrop(stop);
+            wait_for("workers running", &|| oks(5).iter().all(|n| *n >= 20));
+            outage(true);
+            wait_for("workers refused", &|| {
+                down[..4].iter().all(|d| d.load(Ordering::SeqCst) >= 5)
+            });
+            st.shim.await_refused_initializes(2);
+            // Calls already in flight when the device went away reached it (one per worker at
+            // most); once it was down, none did.
+            let reached = st.shim.answers();
+            assert!(
+                (1..=4).contains(&reached),
+                "{reached} calls reached the HSM"
+            );
+            let plain_before = ok[4].load(Ordering::SeqCst);
+            let before = oks(4);
+            wait_for("plain working during the outage", &|| {
+                ok[4].load(Ordering::SeqCst) >= plain_before + 20
+            });
+            assert_eq!(oks(4), before, "hsm calls worked during the outage");
+            assert_eq!(
+                st.shim.answers(),
+                reached,
+                "calls reached the HSM while it was down"
+            );
+            outage(false);
+            wait_for("workers back", &|| {
+                oks(4)
+                    .iter()
+                    .zip(&before)
+                    .all(|(now, then)| *now >= then + 20)
+            });
+            stop.store(true, Ordering::SeqCst);
+        });
         expect("C_Finalize", g.finalize(), CKR_OK);
     }
 }

@@ -111,19 +111,23 @@ static int outage_active(void)
  * device came back from an outage. */
 static int outage(CK_RV *rv)
 {
-    if (outage_active()) {
-        atomic_store(&lost, 1);
-        atomic_fetch_add(&outage_answers, 1);
-        *rv = outage_rv;
-        return 1;
-    }
-    if (atomic_load(&lost)) {
+    int away = outage_active();
+    if (!away && atomic_load(&lost)) {
+        /* Looked again under the lock: the "not away" above may predate the outage that
+         * another thread has just seen begin (lost is only set once the file exists). */
         pthread_mutex_lock(&reset_lock);
-        if (atomic_exchange(&lost, 0)) {
+        away = outage_active();
+        if (!away && atomic_exchange(&lost, 0)) {
             real->C_Finalize(NULL);
             real->C_Initialize(have_saved_args ? (void *)&saved_args : NULL);
         }
         pthread_mutex_unlock(&reset_lock);
+    }
+    if (away) {
+        atomic_store(&lost, 1);
+        atomic_fetch_add(&outage_answers, 1);
+        *rv = outage_rv;
+        return 1;
     }
     return 0;
 }
