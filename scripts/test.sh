@@ -56,6 +56,7 @@ need_program nm binutils
 need_program rsyslogd rsyslog
 need_program openssl openssl
 need_program python3 python3
+need_program groff groff-base
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Deduplicate (softhsm2 may be listed twice).

@@ -131,9 +131,10 @@ fn run_with(
     };
 
     let result = {
-        let sink: Option<&mut dyn Write> = match size {
-            Some(total) if progress_allowed && total > 0 => Some(&mut *err),
-            _ => None,
+        let sink: Option<&mut dyn Write> = if shows_progress(progress_allowed, options.json, size) {
+            Some(&mut *err)
+        } else {
+            None
         };
         let mut progress = Progress::new(sink, size.unwrap_or(0));
         let result = summarise(&mut *input, &options.filter, &mut progress);
@@ -281,6 +282,11 @@ fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), String>
     }
     *slot = Some(value);
     Ok(())
+}
+
+/// Whether `text` is a `--since` value, for a caller that checks arguments before [`run`].
+pub fn is_since(text: &str) -> bool {
+    parse_since(text, now_micros()).is_some()
 }
 
 /// `--since`: an RFC 3339 time, or an age (`30m`) counted back from `now_us`.
@@ -1063,6 +1069,12 @@ fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Resu
 
 // ---------------------------------------------------------------------------------------------
 // Progress
+
+/// A progress line only on a terminal (`allowed`), for a regular file with something in it
+/// (a size to take a percentage of), and never with `--json`, whose reader is a program.
+fn shows_progress(allowed: bool, json: bool, size: Option<u64>) -> bool {
+    allowed && !json && size.is_some_and(|total| total > 0)
+}
 
 /// A progress line on a terminal, so that a long file shows it is moving: at most ten updates a
 /// second, erased at the end so that it never mixes with the output.
@@ -2129,6 +2141,15 @@ warning: p11gate dropped 5 audit records: the trail is incomplete
         quiet.update(100, 10);
         quiet.finish();
         assert!(!quiet.shown);
+    }
+
+    #[test]
+    fn progress_needs_a_terminal_a_sized_file_and_no_json() {
+        assert!(shows_progress(true, false, Some(1)));
+        assert!(!shows_progress(true, true, Some(1)), "--json");
+        assert!(!shows_progress(false, false, Some(1)), "not a terminal");
+        assert!(!shows_progress(true, false, None), "standard input");
+        assert!(!shows_progress(true, false, Some(0)), "empty file");
     }
 
     #[test]
