@@ -150,10 +150,12 @@ impl Bed {
         assert!(keygen.status.success(), "audit keygen: {keygen:?}");
         env.push(("P11GATE_AUDIT".into(), format!("file:{}", audit.display())));
         env.push(("P11GATE_AUDIT_KEY".into(), audit_key.display().to_string()));
+        // Trace logging: every call's arguments are formatted, under valgrind too.
         env.push((
             "P11GATE_LOG".into(),
             dir.path().join("p11gate.log").display().to_string(),
         ));
+        env.push(("P11GATE_LOG_LEVEL".into(), "trace".into()));
         Bed {
             dir,
             _hsm: hsm,
