@@ -641,6 +641,142 @@ fn threads_pass_natively_with_more_threads() {
 }
 
 // ------------------------------------------------------------------------------------------------
+// AddressSanitizer and LeakSanitizer (optional: needs nightly Rust)
+// ------------------------------------------------------------------------------------------------
+
+/// The nightly toolchain's `rustup run` command, with nothing of the outer cargo's inherited.
+fn nightly(tool: &str) -> Command {
+    let mut cmd = Command::new(common::require_program("rustup"));
+    cmd.args(["run", "nightly", tool]);
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOCFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// libp11gate.so built by nightly Rust with `-Zsanitizer=address`, in `P11GATE_ASAN_TARGET_DIR`
+/// (default: `asan` beside this test's profile directory). The target is named so that build
+/// scripts and proc macros stay uninstrumented.
+fn asan_module() -> PathBuf {
+    let target_dir = std::env::var_os("P11GATE_ASAN_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            // <target>/debug/deps/memcheck-<hash>
+            exe.ancestors().nth(3).expect("target dir").join("asan")
+        });
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = nightly("cargo")
+        .args(["build", "--lib", "--target", "x86_64-unknown-linux-gnu"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .env("RUSTFLAGS", "-Zsanitizer=address")
+        .output()
+        .expect("rustup run nightly cargo build");
+    assert!(
+        out.status.success(),
+        "building p11gate with -Zsanitizer=address needs nightly Rust \
+         (rustup toolchain install nightly):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join("x86_64-unknown-linux-gnu/debug/libp11gate.so")
+}
+
+/// gcc link arguments that put nightly Rust's own ASan runtime (the LLVM version that
+/// instrumented p11gate) into a C program and export it to the modules it loads. libstdc++ is
+/// linked even though the program does not use it: the runtime must find the real
+/// `__cxa_throw` when it starts, before SoftHSMv2 (C++) is loaded and throws.
+fn asan_link_args() -> Vec<String> {
+    let out = nightly("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc --print sysroot");
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let runtime = Path::new(&sysroot)
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-nightly_rt.asan.a");
+    assert!(runtime.exists(), "{} is missing", runtime.display());
+    [
+        "-Wl,--whole-archive",
+        &runtime.display().to_string(),
+        "-Wl,--no-whole-archive",
+        "-rdynamic",
+        "-Wl,--no-as-needed",
+        "-lstdc++",
+        "-lm",
+        "-lrt",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The C client and the concurrency program with p11gate built under AddressSanitizer, its
+/// leak check at exit on, through p11gate to SoftHSMv2 and on the soft token. The C programs
+/// themselves are not instrumented (gcc's ASan runtime is another LLVM version than nightly
+/// Rust's), but their heap goes through the runtime's allocator, and every line of p11gate is
+/// instrumented. Run it with `cargo test --test memcheck -- --ignored`: the first run builds
+/// p11gate's dependencies with nightly Rust (about 15 minutes on two busy cores).
+#[test]
+#[ignore = "needs nightly Rust, and builds p11gate with -Zsanitizer=address"]
+fn client_and_threads_are_asan_and_lsan_clean() {
+    const THREADS: usize = 8;
+    const ITERATIONS: usize = 20;
+    let module = asan_module().display().to_string();
+    let link = asan_link_args();
+    for (bed, forged_tag) in [
+        (Bed::softhsm(), Some(SOFTHSM_FORGED_TAG_RV)),
+        (Bed::soft_token(), None),
+    ] {
+        let client = common::compile_c_as("client", &bed.dir().join("client-asan"), &link);
+        let threads = common::compile_c_as("threads", &bed.dir().join("threads-asan"), &link);
+        let mut env = bed.env.clone();
+        env.push(("ASAN_OPTIONS".into(), "detect_leaks=1:exitcode=86".into()));
+        let (t, i, r) = (
+            THREADS.to_string(),
+            ITERATIONS.to_string(),
+            MEMCHECK_ROUNDS.to_string(),
+        );
+        let mut threads_args = vec!["-t", &t, "-i", &i, "-r", &r, "-l", bed.label];
+        if let Some(rv) = forged_tag {
+            threads_args.extend(["-T", rv]);
+        }
+        threads_args.push(&module);
+        for (run, checks) in [
+            (
+                run(
+                    &client,
+                    &["-g", "-I", "2", "-l", bed.label, &module],
+                    &env,
+                    bed.dir(),
+                    false,
+                ),
+                CLIENT_CHECKS,
+            ),
+            (
+                run(&threads, &threads_args, &env, bed.dir(), false),
+                threads_checks(THREADS, ITERATIONS, MEMCHECK_ROUNDS),
+            ),
+        ] {
+            run.assert_passed(checks);
+            assert!(
+                run.status.code() == Some(0) && !run.stderr.contains("Sanitizer"),
+                "{}",
+                run.report()
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The suppressions and the harness itself
 // ------------------------------------------------------------------------------------------------
 

@@ -167,9 +167,13 @@ pub fn child_test_command(var: &str, scenario: &str, env: &[(String, String)]) -
 /// Compiles `tests/c/<name>.c` with gcc (-Wall -Wextra -Werror, debug info) against
 /// `include/p11gate.h` into `dir/<name>` and returns the executable.
 pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
+    compile_c_as(name, &dir.join(name), &[])
+}
+
+/// [`compile_c`] into `exe`, with `link` added to the end of gcc's arguments.
+pub fn compile_c_as(name: &str, exe: &Path, link: &[String]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("tests/c").join(format!("{name}.c"));
-    let exe = dir.join(name);
     let out = Command::new(require_program("gcc"))
         .args([
             "-std=gnu11",
@@ -184,8 +188,9 @@ pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
         .args(p11kit_cflags())
         .arg(&src)
         .arg("-o")
-        .arg(&exe)
+        .arg(exe)
         .arg("-ldl")
+        .args(link)
         .output()
         .expect("run gcc");
     assert!(
@@ -194,7 +199,7 @@ pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
         src.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    exe
+    exe.to_path_buf()
 }
 
 /// Include flags for `<p11-kit/pkcs11.h>`, which `include/p11gate.h` builds on.
