@@ -81,7 +81,7 @@ struct Bed {
     dir: tempfile::TempDir,
     /// Keeps the SoftHSMv2 installation or the soft token's home alive.
     _hsm: Option<SoftHsm>,
-    home: Option<tempfile::TempDir>,
+    _home: Option<tempfile::TempDir>,
     label: &'static str,
     env: Vec<(String, String)>,
     audit: PathBuf,
@@ -130,7 +130,7 @@ impl Bed {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut bed = Bed::with_audit(None, "memcheck-soft", env);
-        bed.home = Some(home);
+        bed._home = Some(home);
         bed
     }
 
@@ -159,7 +159,7 @@ impl Bed {
         Bed {
             dir,
             _hsm: hsm,
-            home: None,
+            _home: None,
             label,
             env,
             audit,
