@@ -163,3 +163,66 @@ pub fn child_test_command(var: &str, scenario: &str, env: &[(String, String)]) -
         ]);
     cmd
 }
+
+/// Compiles `tests/c/<name>.c` with gcc (-Wall -Wextra -Werror, debug info) against
+/// `include/p11gate.h` into `dir/<name>` and returns the executable.
+pub fn compile_c(name: &str, dir: &Path) -> PathBuf {
+    compile_c_as(name, &dir.join(name), &[])
+}
+
+/// [`compile_c`] into `exe`, with `link` added to the end of gcc's arguments.
+pub fn compile_c_as(name: &str, exe: &Path, link: &[String]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/c").join(format!("{name}.c"));
+    let out = Command::new(require_program("gcc"))
+        .args([
+            "-std=gnu11",
+            "-g",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+        ])
+        .arg(format!("-I{}", root.join("include").display()))
+        .args(p11kit_cflags())
+        .arg(&src)
+        .arg("-o")
+        .arg(exe)
+        .arg("-ldl")
+        .args(link)
+        .output()
+        .expect("run gcc");
+    assert!(
+        out.status.success(),
+        "gcc {} failed (the PKCS#11 header comes from libp11-kit-dev):\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe.to_path_buf()
+}
+
+/// Include flags for `<p11-kit/pkcs11.h>`, which `include/p11gate.h` builds on.
+pub fn p11kit_cflags() -> Vec<String> {
+    let from_pkg_config = Command::new("pkg-config")
+        .args(["--cflags", "p11-kit-1"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        });
+    let flags = from_pkg_config.unwrap_or_else(|| vec!["-I/usr/include/p11-kit-1".to_string()]);
+    let header_found = flags
+        .iter()
+        .filter_map(|f| f.strip_prefix("-I"))
+        .any(|dir| Path::new(dir).join("p11-kit/pkcs11.h").exists());
+    assert!(
+        header_found,
+        "<p11-kit/pkcs11.h> not found: install libp11-kit-dev (scripts/test.sh does)"
+    );
+    flags
+}
