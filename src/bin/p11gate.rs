@@ -67,6 +67,10 @@ fn main() -> ExitCode {
             let code = audit::summary::run(&rest, &mut std::io::stdout().lock());
             ExitCode::from(code)
         }
+        ["doctor", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            ExitCode::from(p11gate::doctor::run(&rest, &mut std::io::stdout().lock()))
+        }
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
