@@ -22,6 +22,7 @@ pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod credentials;
+pub mod doctor;
 pub mod error;
 pub mod ffi;
 pub mod logging;

@@ -620,6 +620,7 @@ fn every_command_has_help_with_a_description_and_examples() {
             "completions",
             "config",
             "config check",
+            "doctor",
             "hash-pin",
             "man",
             "token",
@@ -655,6 +656,7 @@ fn the_committed_man_page_is_what_the_code_generates() {
         "audit verify",
         "audit summary",
         "token init",
+        "doctor",
         "completions",
         "man",
     ] {
@@ -663,7 +665,7 @@ fn the_committed_man_page_is_what_the_code_generates() {
             "no section for {command}"
         );
     }
-    assert_eq!(generated.matches("\\fBExamples:\\fR").count(), 8);
+    assert_eq!(generated.matches("\\fBExamples:\\fR").count(), 9);
     for section in [
         "NAME",
         "SYNOPSIS",

@@ -59,14 +59,15 @@ impl Module {
         if let Some(m) = modules.iter().find(|m| m.path == path) {
             return Ok(m.clone());
         }
-        let module = Arc::new(Module::open(path).map_err(|why| {
+        let module = Arc::new(Module::open(path, true).map_err(|why| {
             Error::setup(format!("cannot load upstream {}: {why}", path.display()))
         })?);
         modules.push(module.clone());
         Ok(module)
     }
 
-    fn open(path: &Path) -> std::result::Result<Module, String> {
+    /// `with_3_0`: ask for the 3.0 interface first (false: `C_GetFunctionList` only, as Vault).
+    fn open(path: &Path, with_3_0: bool) -> std::result::Result<Module, String> {
         use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
         if !path.is_absolute() {
             return Err("the path must be absolute (a relative path would be searched for)".into());
@@ -79,7 +80,7 @@ impl Module {
             std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
         })?;
 
-        let (v2, v3) = match Self::negotiate_3_0(&library) {
+        let (v2, v3) = match with_3_0.then(|| Self::negotiate_3_0(&library)).flatten() {
             Some(v3) => (Self::v2_part_of(&v3), Some(v3)),
             None => (Self::function_list_2_40(&library)?, None),
         };
@@ -957,5 +958,43 @@ impl Backend for Upstream {
             }
             _ => Err(Error::ArgumentsBad),
         }
+    }
+}
+
+// --- For `p11gate doctor` (src/doctor): a module used exactly as Vault uses it ---
+
+impl Upstream {
+    /// Loads the module at `path` the way Vault does: `dlopen` and `C_GetFunctionList` only
+    /// (never `C_GetInterface`). Like every module, it stays loaded for the life of the process.
+    /// The error is the loader's own text (`dlerror()`).
+    pub fn load_like_vault(path: &Path) -> std::result::Result<Upstream, String> {
+        let module = Arc::new(Module::open(path, false)?);
+        MODULES.lock().push(module.clone());
+        Ok(Upstream {
+            name: path.display().to_string(),
+            module,
+            init_args: None,
+            initialized_by_us: AtomicBool::new(false),
+            initialized_in: AtomicU32::new(0),
+            slow_call: None,
+            health: None,
+            last_init: Mutex::new(None),
+        })
+    }
+
+    /// `C_Initialize` as Vault calls it: `CKF_OS_LOCKING_OK` and no mutex functions.
+    pub fn initialize_like_vault(&self) -> Result<()> {
+        self.initialize_with_os_locking(CKF_OS_LOCKING_OK)?;
+        self.initialized_by_us.store(true, Ordering::Relaxed);
+        self.initialized_in
+            .store(crate::runtime::fork_generation(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `C_GetInfo`: who made the module and which Cryptoki version it reports.
+    pub fn library_info(&self) -> Result<CK_INFO> {
+        let mut info = CK_INFO::default();
+        v2!(self.C_GetInfo(&mut info))?;
+        Ok(info)
     }
 }

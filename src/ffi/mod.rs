@@ -3,6 +3,7 @@
 //!
 //! - [`boundary`]: the wrapper every exported function runs in (panics, initialisation, tracing).
 //! - [`args`]: checked views of the caller's pointers.
+//! - [`owned`]: arguments p11gate makes itself, as a client (`p11gate doctor`).
 //! - [`tables`]: p11gate's own static function lists and interfaces.
 //! - [`fns`]: the exported functions, one file per chapter of the spec.
 //! - [`mutex`]: fork-aware mutex callbacks p11gate gives its upstreams.
@@ -14,5 +15,6 @@ pub mod boundary;
 pub mod fns;
 pub mod mutex;
 pub mod os;
+pub mod owned;
 pub mod tables;
 pub mod terminal;

@@ -10,6 +10,7 @@
 mod audit;
 mod config;
 mod docs;
+mod doctor;
 mod exit;
 mod pin;
 mod progress;
@@ -102,11 +103,16 @@ pub enum Command {
         after_help = "Examples:\n  p11gate token init --label vault\n  p11gate token init --dir /var/lib/p11gate/lab --label lab"
     )]
     Token(token::TokenCommand),
-    // Wired here at merge from other branches, each a library function that takes its
-    // arguments and an output and returns an exit status (0 to 3, as `Exit`):
-    //   `p11gate doctor` -> p11gate::doctor::run
+    #[command(
+        about = "Check that a Vault seal \"pkcs11\" stanza works through p11gate",
+        long_about = doctor::ABOUT,
+        after_help = doctor::EXAMPLES
+    )]
+    Doctor(doctor::DoctorArgs),
+    // Wired here at merge from another branch, a library function that takes its arguments
+    // and an output and returns an exit status (0 to 3, as `Exit`):
     //   `p11gate stats`  -> p11gate::metrics::stats::run
-    // Each gets about, long_about and after_help ("Examples:") like the commands here; then
+    // It gets about, long_about and after_help ("Examples:") like the commands here; then
     // add it to the command list in tests/cli.rs and regenerate doc/p11gate.1.
     #[command(
         about = "Print a shell completion script",
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
         Command::HashPin(a) => pin::hash_pin(a, &mut out),
         Command::Audit(c) => audit::run(c, &mut out),
         Command::Token(c) => token::run(c, &mut out),
+        Command::Doctor(a) => doctor::run(a, &mut out),
         Command::Completions(a) => docs::completions(a, &mut out),
         Command::Man(a) => docs::man(a, &mut out),
     };
