@@ -196,7 +196,8 @@ impl ObjectType {
 /// A parsed PKCS#11 URI: attribute values as percent-decoded bytes.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Pkcs11Uri {
-    values: [Option<Vec<u8>>; ATTRS],
+    /// The standard attributes given, in canonical order (so that equal URIs compare equal).
+    values: Vec<(Attr, Vec<u8>)>,
     /// Vendor attributes of the path, in the order given.
     vendor_path: Vec<(String, Vec<u8>)>,
     /// Vendor attributes of the query, in the order given.
@@ -205,8 +206,10 @@ pub struct Pkcs11Uri {
 
 impl Drop for Pkcs11Uri {
     fn drop(&mut self) {
-        if let Some(pin) = &mut self.values[Attr::PinValue.index()] {
-            pin.zeroize();
+        for (attr, value) in &mut self.values {
+            if *attr == Attr::PinValue {
+                value.zeroize();
+            }
         }
     }
 }
@@ -393,7 +396,7 @@ impl Pkcs11Uri {
             },
             _ => value,
         };
-        self.values[attr.index()] = Some(value);
+        self.put(attr, value);
         Ok(())
     }
 
@@ -448,14 +451,31 @@ impl Pkcs11Uri {
 
     /// The decoded value of `attr`, if the URI has it.
     pub fn get(&self, attr: Attr) -> Option<&[u8]> {
-        self.values[attr.index()].as_deref()
+        self.values
+            .iter()
+            .find(|(a, _)| *a == attr)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// Sets `attr` to `value` (bytes, encoded when formatted). For `slot-id`,
     /// `library-version` and `type` the value must be in their syntax; use the typed setters.
     pub fn set(&mut self, attr: Attr, value: &[u8]) -> &mut Self {
-        self.values[attr.index()] = Some(value.to_vec());
+        self.put(attr, value.to_vec());
         self
+    }
+
+    /// Stores a value in its canonical place, replacing one `attr` had.
+    fn put(&mut self, attr: Attr, value: Vec<u8>) {
+        match self
+            .values
+            .binary_search_by_key(&attr.index(), |(a, _)| a.index())
+        {
+            Ok(at) => {
+                self.values[at].1.zeroize();
+                self.values[at].1 = value;
+            }
+            Err(at) => self.values.insert(at, (attr, value)),
+        }
     }
 
     /// A URI with `attr` set to `value`.
@@ -518,7 +538,7 @@ impl Pkcs11Uri {
 
     /// The attributes the URI has (standard ones only), in canonical order.
     pub fn attrs(&self) -> impl Iterator<Item = Attr> + '_ {
-        Attr::ALL.into_iter().filter(|a| self.get(*a).is_some())
+        self.values.iter().map(|(a, _)| *a)
     }
 
     /// The URI with every attribute, `pin-value` included, in canonical form. Never log it:
@@ -675,14 +695,6 @@ impl std::str::FromStr for Pkcs11Uri {
     type Err = UriError;
     fn from_str(s: &str) -> Result<Self, UriError> {
         Pkcs11Uri::parse(s)
-    }
-}
-
-/// A configuration value: a string, parsed (errors are the parser's message).
-impl<'de> serde::Deserialize<'de> for Pkcs11Uri {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = zeroize::Zeroizing::new(String::deserialize(d)?);
-        Pkcs11Uri::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -879,28 +891,24 @@ fn check_typed(
                 ));
             }
         }
-        Attr::LibraryVersion => {
-            if parse_version(raw).is_none() {
-                return Err(err(
-                    at,
-                    format!(
-                        "library-version={shown}: a version is MAJOR or MAJOR.MINOR, decimal, \
-                         each 0 to 255"
-                    ),
-                ));
-            }
+        Attr::LibraryVersion if parse_version(raw).is_none() => {
+            return Err(err(
+                at,
+                format!(
+                    "library-version={shown}: a version is MAJOR or MAJOR.MINOR, decimal, each 0 \
+                     to 255"
+                ),
+            ));
         }
-        Attr::Type => {
-            if ObjectType::from_name(raw).is_none() {
-                let known: Vec<&str> = ObjectType::ALL.iter().map(|t| t.name()).collect();
-                return Err(err(
-                    at,
-                    format!(
-                        "type={shown}: RFC 7512 object types are {}",
-                        known.join(", ")
-                    ),
-                ));
-            }
+        Attr::Type if ObjectType::from_name(raw).is_none() => {
+            let known: Vec<&str> = ObjectType::ALL.iter().map(|t| t.name()).collect();
+            return Err(err(
+                at,
+                format!(
+                    "type={shown}: RFC 7512 object types are {}",
+                    known.join(", ")
+                ),
+            ));
         }
         _ => {}
     }

@@ -7,7 +7,8 @@
 //! p11gate audit keygen FILE     make a key for the audit file's HMAC chain
 //! p11gate audit verify FILE     check an audit file's chain
 //! p11gate audit summary [FILE]  counts per app, key and function from an audit trail
-//! p11gate token init            initialise a built-in soft token (SO PIN, user PIN, label)
+//! p11gate token init            initialise a built-in soft token (SO PIN, user PIN, label),
+//!                               named by slot or by PKCS#11 URI (`--token pkcs11:...`)
 //! ```
 //!
 //! Exit status: 0 success, 1 the configuration (or an upstream) is not usable, 2 usage error.
@@ -25,7 +26,8 @@ use p11gate::credentials;
 use p11gate::ffi::args::InBuf;
 use p11gate::ffi::terminal::read_hidden_line;
 use p11gate::policy::mechanism_text;
-use p11gate::router::slots::{list_of, SlotEntry};
+use p11gate::router::slots::{list_of, slot_ids, token_matching, SlotEntry};
+use p11gate::uri::{Attr, Pkcs11Uri};
 
 const USAGE: &str = "usage:
   p11gate config check [FILE]   validate FILE (default: $P11GATE_CONFIG or /etc/p11gate/p11gate.toml)
@@ -38,12 +40,15 @@ const USAGE: &str = "usage:
                                 to $P11GATE_AUDIT_KEY, else key_file of the configuration.
                                 Prints \"FILE: OK, N records\" (exit 0) or the first deleted,
                                 inserted, reordered or edited record as FILE:LINE: ... (exit 1)
-  p11gate audit summary [FILE|-] [--since TIME] [--app NAME] [--key LABEL] [--fn NAME] [--errors] [--json]
+  p11gate audit summary [FILE|-] [--since TIME] [--app NAME] [--key LABEL|URI] [--fn NAME] [--errors] [--json]
                                 counts, errors, refusals and first/last time per app, key and
                                 function, from JSON lines or syslog text (default: standard input)
-  p11gate token init [--slot N | --dir DIR] [--label LABEL]
+  p11gate token init [--slot N | --token URI | --dir DIR [--token URI]] [--label LABEL]
                                 initialise the built-in soft token of slot N (default 0) in
-                                $P11GATE_HOME, or the one in DIR (an [[upstream]] soft_token):
+                                $P11GATE_HOME, the one a PKCS#11 URI names (RFC 7512, such as
+                                pkcs11:token=old-label or pkcs11:serial=0000000000000001; it must
+                                match exactly one), or the one in DIR (an [[upstream]]
+                                soft_token; with --token, only if it matches):
                                 asks for the SO PIN and the user PIN (without echo
                                 on a terminal, else two lines of standard input: SO PIN, user
                                 PIN). An initialised token needs its current SO PIN; all its
@@ -188,6 +193,9 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
                     Some(real) => show_mechanisms(backend, real, &policy.mechanisms),
                     None => println!("mechanisms: unknown (token not present)"),
                 }
+                if found.is_none() && target.uri().is_some() {
+                    show_tokens(backend, slot.upstream.get_ref());
+                }
                 let mut notes = Vec::new();
                 if slot.credential_source().is_some() {
                     notes.push("p11gate holds the upstream credential (PIN mapped)");
@@ -209,6 +217,35 @@ fn show_apps(config: &Config, source: &Source) -> Result<(), String> {
         let _ = u.finalize();
     }
     result
+}
+
+/// For a target that matches no token: the tokens the upstream has, as URIs with their slot
+/// ids, so that the one meant can be told apart (or copied).
+fn show_tokens(backend: &dyn Backend, upstream: &str) {
+    let tokens = token_uris(backend);
+    if tokens.is_empty() {
+        println!("    no token matches; upstream {upstream:?} has none");
+        return;
+    }
+    println!("    no token matches; upstream {upstream:?} has:");
+    for (_, uri) in tokens {
+        println!("      {uri}");
+    }
+}
+
+/// Every token of a backend: its slot id and its URI (token attributes and slot-id).
+fn token_uris(backend: &dyn Backend) -> Vec<(CK_SLOT_ID, String)> {
+    slot_ids(backend, true)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|slot| {
+            let mut info = CK_TOKEN_INFO::default();
+            backend.token_info(slot, &mut info).ok()?;
+            let mut uri = Pkcs11Uri::of_token(&info);
+            uri.set_slot_id(slot);
+            Some((slot, uri.path_only()))
+        })
+        .collect()
 }
 
 fn upstream<'a>(
@@ -398,13 +435,25 @@ fn audit_verify(file: &str, key: Option<&str>) -> ExitCode {
 fn token_init(args: &[&str]) -> ExitCode {
     let (mut slot, mut label) = (0u64, "p11gate".to_string());
     let mut dir_arg: Option<PathBuf> = None;
+    let mut slot_arg = false;
+    let mut token_arg: Option<Pkcs11Uri> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (*a, it.next()) {
             ("--slot", Some(v)) => match v.parse() {
-                Ok(n) => slot = n,
+                Ok(n) => {
+                    slot = n;
+                    slot_arg = true;
+                }
                 Err(_) => {
                     eprintln!("token init: --slot {v:?} is not a number");
+                    return ExitCode::from(2);
+                }
+            },
+            ("--token", Some(v)) => match token_arg_uri(v) {
+                Ok(uri) => token_arg = Some(uri),
+                Err(e) => {
+                    eprintln!("token init: --token: {e}");
                     return ExitCode::from(2);
                 }
             },
@@ -415,6 +464,10 @@ fn token_init(args: &[&str]) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if slot_arg && token_arg.is_some() {
+        eprintln!("token init: give --slot or --token, not both");
+        return ExitCode::from(2);
     }
     let getenv = |k: &str| std::env::var(k).ok();
     let config = match (Config::discover(getenv), &dir_arg) {
@@ -431,19 +484,28 @@ fn token_init(args: &[&str]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (so, user) = match read_two_pins() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("token init: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let dirs = match &dir_arg {
         Some(d) => {
             slot = 0;
             vec![d.clone()]
         }
         None => config.soft_token.token_dirs(),
+    };
+    if let Some(uri) = &token_arg {
+        slot = match soft_token_named(uri, &dirs, config.soft_token.max_pin_failures) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("token init: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    }
+    let (so, user) = match read_two_pins() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("token init: {e}");
+            return ExitCode::from(1);
+        }
     };
     let Some(dir) = dirs.get(slot as usize).cloned() else {
         eprintln!(
@@ -464,13 +526,17 @@ fn token_init(args: &[&str]) -> ExitCode {
         soft.init_pin(s, InBuf::from_slice(user.as_bytes()))?;
         soft.logout(s)?;
         soft.close_session(s)?;
-        soft.finalize()
+        let mut info = CK_TOKEN_INFO::default();
+        soft.token_info(slot, &mut info)?;
+        soft.finalize()?;
+        Ok::<_, p11gate::error::Error>(Pkcs11Uri::of_token(&info))
     })();
     match result {
-        Ok(()) => {
+        Ok(uri) => {
             println!(
-                "slot {slot}: token {label:?} initialised in {}",
-                dir.display()
+                "slot {slot}: token {label:?} initialised in {}\n  {}",
+                dir.display(),
+                uri.path_only()
             );
             ExitCode::SUCCESS
         }
@@ -478,6 +544,73 @@ fn token_init(args: &[&str]) -> ExitCode {
             eprintln!("token init: slot {slot}: {}", names_rv(e.rv()));
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--token URI`: a URI that names a token, and nothing a command line should not carry.
+fn token_arg_uri(text: &str) -> Result<Pkcs11Uri, String> {
+    let uri = Pkcs11Uri::parse(text).map_err(|e| e.to_string())?;
+    uri.check_understood()?;
+    if uri.get(Attr::PinValue).is_some() {
+        return Err(
+            "has a pin-value: the PINs are asked for (a PIN in an argument is visible to every \
+             user of the machine)"
+                .into(),
+        );
+    }
+    let other: Vec<String> = uri
+        .attrs()
+        .filter(|a| a.is_query() || a.is_object() || a.name().starts_with("library-"))
+        .map(|a| a.name().to_string())
+        .chain(uri.vendor_query().iter().map(|(n, _)| n.clone()))
+        .collect();
+    if !other.is_empty() {
+        return Err(format!(
+            "has {}: it names a token by token and slot attributes only",
+            other.join(", ")
+        ));
+    }
+    Ok(uri)
+}
+
+/// The slot of the one soft token in `dirs` that `uri` matches.
+fn soft_token_named(
+    uri: &Pkcs11Uri,
+    dirs: &[PathBuf],
+    max_pin_failures: u32,
+) -> Result<u64, String> {
+    let soft = p11gate::soft::backend::SoftBackend::new("soft", dirs.to_vec(), max_pin_failures);
+    soft.initialize(&InitArgs::default())
+        .map_err(|e| format!("the soft tokens: {}", names_rv(e.rv())))?;
+    let all = token_uris(&soft);
+    let matching: Vec<u64> = all
+        .iter()
+        .map(|(slot, _)| *slot)
+        .filter(|slot| token_matching(&soft, *slot, uri).is_some())
+        .collect();
+    let _ = soft.finalize();
+    let listing = || -> String {
+        all.iter()
+            .map(|(slot, u)| format!("\n  slot {slot}: {u}"))
+            .collect()
+    };
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "no soft token matches {}; there are:{}",
+            uri.path_only(),
+            listing()
+        )),
+        many => Err(format!(
+            "{} matches {} soft tokens (slots {}): name one; there are:{}",
+            uri.path_only(),
+            many.len(),
+            many.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            listing()
+        )),
     }
 }
 
