@@ -240,20 +240,38 @@ enum Component {
     Query,
 }
 
-/// RFC 3986 `unreserved`.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
 /// What may stand unencoded in a value: `pk11-pchar` / `pk11-qchar` without `pct-encoded`.
 fn is_plain(b: u8, component: Component) -> bool {
-    const RES_AVAIL: &[u8] = b":[]@!$'()*+,=";
-    is_unreserved(b)
-        || RES_AVAIL.contains(&b)
-        || match component {
-            Component::Path => b == b'&',
-            Component::Query => matches!(b, b'/' | b'?' | b'|'),
-        }
+    match component {
+        Component::Path => PLAIN_IN_PATH[usize::from(b)],
+        Component::Query => PLAIN_IN_QUERY[usize::from(b)],
+    }
+}
+
+/// [`is_plain`] as tables: audit records encode a URI or two each, on the writer thread.
+const PLAIN_IN_PATH: [bool; 256] = plain_table(b"&");
+const PLAIN_IN_QUERY: [bool; 256] = plain_table(b"/?|");
+
+const fn plain_table(extra: &[u8]) -> [bool; 256] {
+    // RFC 3986 unreserved, RFC 7512 pk11-res-avail, and the component's own.
+    const RES_AVAIL: &[u8] = b"-._~:[]@!$'()*+,=";
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < RES_AVAIL.len() {
+        table[RES_AVAIL[i] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -719,12 +737,19 @@ fn push_attr(out: &mut String, attr: Attr, value: &[u8]) {
 /// Appends `bytes` percent-encoded where the component requires it (uppercase hex, as RFC 3986
 /// §2.1 recommends).
 fn push_encoded(out: &mut String, bytes: &[u8], component: Component) {
-    for &b in bytes {
-        if is_plain(b, component) {
-            out.push(b as char);
-        } else {
-            push_escape(out, b);
+    let mut rest = bytes;
+    loop {
+        let plain = rest
+            .iter()
+            .position(|&b| !is_plain(b, component))
+            .unwrap_or(rest.len());
+        // Plain bytes are ASCII: always UTF-8.
+        out.push_str(std::str::from_utf8(&rest[..plain]).unwrap_or_default());
+        match rest.get(plain) {
+            Some(&b) => push_escape(out, b),
+            None => return,
         }
+        rest = &rest[plain + 1..];
     }
 }
 

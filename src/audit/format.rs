@@ -244,20 +244,30 @@ impl Fields for KeyValue {
             return;
         }
         self.text.push('"');
-        for c in value.chars() {
-            match c {
-                '"' => self.text.push_str("\\\""),
-                '\\' => self.text.push_str("\\\\"),
-                c if c.is_control() => {
+        // Runs that need no escape go in whole (a URI is one run).
+        let mut run = 0;
+        for (at, c) in value.char_indices() {
+            // `None`: a control character, escaped byte by byte.
+            let escape = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                c if c.is_control() => None,
+                _ => continue,
+            };
+            self.text.push_str(&value[run..at]);
+            run = at + c.len_utf8();
+            match escape {
+                Some(e) => self.text.push_str(e),
+                None => {
                     let mut bytes = [0u8; 4];
                     for b in c.encode_utf8(&mut bytes).bytes() {
                         self.text.push_str("\\x");
                         push_hex(&mut self.text, &[b]);
                     }
                 }
-                c => self.text.push(c),
             }
         }
+        self.text.push_str(&value[run..]);
         self.text.push('"');
     }
 
@@ -307,19 +317,29 @@ impl JsonMembers {
 /// Appends `s` as a JSON string.
 pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Runs that need no escape go in whole; only ASCII bytes are ever escaped.
+    let mut run = 0;
+    for (at, b) in s.bytes().enumerate() {
+        // `None`: another control character, as `\u00XX`.
+        let escape = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..0x20 | 0x7f => None,
+            _ => continue,
+        };
+        out.push_str(&s[run..at]);
+        run = at + 1;
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
             }
-            c => out.push(c),
         }
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -564,6 +584,24 @@ mod tests {
             j.0.ends_with("\"object\":9,\"object_class\":\"CKO_DATA\""),
             "{}",
             j.0
+        );
+    }
+
+    #[test]
+    fn escapes_cover_quotes_backslashes_and_controls() {
+        let value = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h\u{e9}\u{85}i";
+        let mut json = String::new();
+        json_string(&mut json, value);
+        assert_eq!(
+            json,
+            "\"a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u007fh\u{e9}\u{85}i\""
+        );
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), value);
+        let mut kv = KeyValue::default();
+        kv.text("k", value);
+        assert_eq!(
+            kv.text,
+            "k=\"a\\\"b\\\\c\\x0ad\\x0de\\x09f\\x01g\\x7fh\u{e9}\\xc2\\x85i\""
         );
     }
 
