@@ -1341,9 +1341,9 @@ fn write_table(
         "calls", "errors", "refusals", "first"
     )?;
     for (i, (name, (_, c))) in names.iter().zip(rows).enumerate() {
-        // A URI is percent-encoded: nothing in it can forge a line or a column.
+        // p11gate percent-encodes a URI, but the input may not be p11gate's: escaped as names.
         let uri = match uris.get(i) {
-            Some(Some(u)) => format!("  {u}"),
+            Some(Some(u)) => format!("  {}", printable(u)),
             _ if with_uris => "  -".to_string(),
             _ => String::new(),
         };
@@ -2474,6 +2474,18 @@ warning: p11gate dropped 5 audit records: the trail is incomplete
                 "--key {uri}: {out}"
             );
         }
+    }
+
+    #[test]
+    fn a_forged_uri_cannot_forge_output() {
+        let line = r#"x p11gate: event=call time=2026-11-28T23:00:00Z host=h pid=1 rec=1 app=a fn=C_Sign rv=CKR_OK key_label=k key_uri="pkcs11:object=k\x0a  forged 9 9\x1b[2J""#;
+        let (code, out, _) = run_on(line, &[]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("  pkcs11:object=k\\x0a  forged 9 9\\x1b[2J\n"),
+            "{out}"
+        );
+        assert!(!out.contains('\x1b'), "{out:?}");
     }
 
     #[test]
