@@ -18,7 +18,8 @@
 //! [[slot]]
 //! id = 0                                   # the virtual slot id applications see
 //! upstream = "hsm"
-//! token_label = "vault-a"                  # or token_serial, or upstream_slot
+//! token_label = "vault-a"                  # or token_serial, token_uri, or upstream_slot
+//! # token_uri = "pkcs11:token=vault-a;serial=4f2a9c0e1b7d3a55"  (RFC 7512: all must match)
 //! credential_file = "/etc/p11gate/a.pin"   # optional PIN mapping, with pin_hash
 //! pin_hash = "$argon2id$v=19$..."
 //! require_non_extractable = true
@@ -52,6 +53,7 @@ use toml::Spanned;
 use crate::credentials::{self, CredentialSource};
 use crate::error::{Error, Result};
 use crate::policy::{self, MechanismFilter, SlotPolicy, PROFILES};
+use crate::uri::{Attr, Pkcs11Uri};
 
 /// Where the configuration file is when `P11GATE_CONFIG` does not say.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/p11gate/p11gate.toml";
@@ -364,6 +366,9 @@ pub struct SlotConfig {
     pub token_label: Option<String>,
     #[serde(default)]
     pub token_serial: Option<String>,
+    /// A PKCS#11 URI (RFC 7512) of token and slot attributes, all of which must match.
+    #[serde(default, deserialize_with = "token_uri")]
+    pub token_uri: Option<Spanned<Pkcs11Uri>>,
     #[serde(default)]
     pub upstream_slot: Option<SlotNumber>,
     /// A file holding the upstream's credential.
@@ -435,12 +440,56 @@ impl<'de> Deserialize<'de> for SlotNumber {
     }
 }
 
+/// `token_uri`: a string, parsed as a PKCS#11 URI (the error names the key and says where in
+/// the URI it is wrong).
+fn token_uri<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Spanned<Pkcs11Uri>>, D::Error> {
+    use zeroize::Zeroize;
+    let text = Spanned::<String>::deserialize(d)?;
+    let span = text.span();
+    // It may hold a pin-value (refused later, but not left behind in memory meanwhile).
+    let mut text = text.into_inner();
+    let parsed = Pkcs11Uri::parse(&text);
+    text.zeroize();
+    parsed
+        .map(|uri| Some(Spanned::new(span, uri)))
+        .map_err(|e| de::Error::custom(format!("token_uri: {e}")))
+}
+
 /// How a slot finds its token on the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenTarget {
     Label(String),
     Serial(String),
+    /// Token and slot attributes, all of which must match (checked by [`Config::parse`] to
+    /// have no object, library or query attributes).
+    Uri(Box<Pkcs11Uri>),
     Slot(CK_SLOT_ID),
+}
+
+impl TokenTarget {
+    /// The URI a label, serial or URI target stands for: a label L is `pkcs11:token=L`, a
+    /// serial S `pkcs11:serial=S`. `None` for a fixed upstream slot.
+    pub fn uri(&self) -> Option<Pkcs11Uri> {
+        match self {
+            TokenTarget::Label(l) => Some(Pkcs11Uri::with(Attr::Token, l.as_bytes())),
+            TokenTarget::Serial(s) => Some(Pkcs11Uri::with(Attr::Serial, s.as_bytes())),
+            TokenTarget::Uri(u) => Some((**u).clone()),
+            TokenTarget::Slot(_) => None,
+        }
+    }
+
+    /// The token label the target names, if it names one.
+    pub fn label(&self) -> Option<String> {
+        match self {
+            TokenTarget::Label(l) => Some(l.clone()),
+            TokenTarget::Uri(u) => u
+                .get(Attr::Token)
+                .map(|l| String::from_utf8_lossy(l).into_owned()),
+            TokenTarget::Serial(_) | TokenTarget::Slot(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for TokenTarget {
@@ -448,6 +497,7 @@ impl std::fmt::Display for TokenTarget {
         match self {
             TokenTarget::Label(l) => write!(f, "token label {l:?}"),
             TokenTarget::Serial(s) => write!(f, "token serial {s:?}"),
+            TokenTarget::Uri(u) => write!(f, "token {}", u.path_only()),
             TokenTarget::Slot(id) => write!(f, "upstream slot {id:#x}"),
         }
     }
@@ -904,15 +954,21 @@ impl Config {
             let targets = [
                 s.token_label.is_some(),
                 s.token_serial.is_some(),
+                s.token_uri.is_some(),
                 s.upstream_slot.is_some(),
             ];
             if targets.iter().filter(|t| **t).count() != 1 {
                 return Err(place.at(
                     s.id.span(),
                     format_args!(
-                        "slot {id}: give exactly one of token_label, token_serial, upstream_slot"
+                        "slot {id}: give exactly one of token_label, token_serial, token_uri, \
+                         upstream_slot"
                     ),
                 ));
+            }
+            if let Some(uri) = &s.token_uri {
+                check_target_uri(uri.get_ref())
+                    .map_err(|e| place.at(uri.span(), format_args!("slot {id}: token_uri {e}")))?;
             }
             check_rules(s.rules(), place)?;
             self.check_credential(s, place)?;
@@ -1027,12 +1083,16 @@ impl SlotConfig {
 
     /// How this slot finds its token (checked to be exactly one by [`Config::parse`]).
     pub fn target(&self) -> TokenTarget {
-        match (&self.token_label, &self.token_serial, self.upstream_slot) {
-            (Some(l), _, _) => TokenTarget::Label(l.clone()),
-            (None, Some(s), _) => TokenTarget::Serial(s.clone()),
-            (None, None, Some(n)) => TokenTarget::Slot(n.0),
-            (None, None, None) => TokenTarget::Slot(self.id.get_ref().0),
+        if let Some(l) = &self.token_label {
+            return TokenTarget::Label(l.clone());
         }
+        if let Some(s) = &self.token_serial {
+            return TokenTarget::Serial(s.clone());
+        }
+        if let Some(u) = &self.token_uri {
+            return TokenTarget::Uri(Box::new(u.get_ref().clone()));
+        }
+        TokenTarget::Slot(self.upstream_slot.unwrap_or(*self.id.get_ref()).0)
     }
 
     /// Where this slot's upstream credential comes from, if it holds one.
@@ -1043,6 +1103,82 @@ impl SlotConfig {
             (None, None) => None,
         }
     }
+}
+
+/// What a slot's `token_uri` may say: which token (token and slot attributes), nothing else.
+/// The error says why the rest does not belong there; it never repeats a value (a pin-value
+/// is a PIN).
+fn check_target_uri(uri: &Pkcs11Uri) -> std::result::Result<(), String> {
+    uri.check_understood()?;
+    if uri.get(Attr::PinValue).is_some() {
+        return Err(
+            "has a pin-value: a PIN does not belong in the configuration's URI (it would sit in \
+             clear text wherever the URI is shown); give the upstream credential with \
+             credential_file or credential_env, and pin_hash"
+                .into(),
+        );
+    }
+    if uri.get(Attr::PinSource).is_some() {
+        return Err(
+            "has a pin-source: p11gate reads the upstream credential from credential_file or \
+             credential_env (with pin_hash)"
+                .into(),
+        );
+    }
+    if uri.get(Attr::ModuleName).is_some() || uri.get(Attr::ModulePath).is_some() {
+        return Err(
+            "has a module-name or module-path: the module is the [[upstream]]'s path".into(),
+        );
+    }
+    if let Some((name, _)) = uri.vendor_query().first() {
+        return Err(format!(
+            "has the query attribute {name}: a slot target's URI names a token and has no query"
+        ));
+    }
+    let object: Vec<&str> = uri
+        .attrs()
+        .filter(|a| a.is_object())
+        .map(Attr::name)
+        .collect();
+    if !object.is_empty() {
+        return Err(format!(
+            "names an object ({}): a slot target names a token; which key to use is the \
+             application's choice",
+            object.join(", ")
+        ));
+    }
+    let library: Vec<&str> = uri
+        .attrs()
+        .filter(|a| a.name().starts_with("library-"))
+        .map(Attr::name)
+        .collect();
+    if !library.is_empty() {
+        return Err(format!(
+            "has {}: the library is the [[upstream]]; a slot target names a token on it by \
+             token and slot attributes",
+            library.join(", ")
+        ));
+    }
+    if uri.attrs().next().is_none() {
+        return Err(
+            "names no token: give at least one of token, manufacturer, serial, model, \
+             slot-description, slot-manufacturer, slot-id"
+                .into(),
+        );
+    }
+    for attr in uri.attrs() {
+        let (Some(max), Some(value)) = (attr.field_len(), uri.get(attr)) else {
+            continue;
+        };
+        if value.len() > max {
+            return Err(format!(
+                "has a {} of {} bytes, but PKCS#11 holds at most {max} there: it can never match",
+                attr.name(),
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_rules(rules: MechanismRules<'_>, place: &Place<'_>) -> Result<()> {
@@ -1184,13 +1320,114 @@ mod tests {
         let two_targets = format!(
             "{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\nupstream_slot = 3\n"
         );
-        assert_eq!(err(&two_targets), "config /c/p.toml:8: slot 0: give exactly one of token_label, token_serial, upstream_slot");
+        assert_eq!(err(&two_targets), "config /c/p.toml:8: slot 0: give exactly one of token_label, token_serial, token_uri, upstream_slot");
         let app = format!("{TWO}[[slot]]\nid = 0\nupstream = \"a\"\ntoken_label = \"x\"\n[[app]]\nname = \"v\"\nslots = [0, 7]\n");
         assert_eq!(
             err(&app),
             "config /c/p.toml:13: app \"v\": no [[slot]] with id 7"
         );
         assert!(err(TWO).starts_with("config /c/p.toml:5: 2 [[upstream]] entries but no [[slot]]"));
+    }
+
+    #[test]
+    fn token_uri_targets_and_their_errors() {
+        let slot = |uri: &str| {
+            format!("[[upstream]]\nname = \"a\"\npath = \"/a.so\"\n[[slot]]\nid = 4\nupstream = \"a\"\ntoken_uri = \"{uri}\"\n")
+        };
+        let c = Config::parse(&slot("pkcs11:token=vault%20a;serial=4f2a"), Path::new("c")).unwrap();
+        let target = c.slots[0].target();
+        assert_eq!(
+            target.to_string(),
+            "token pkcs11:token=vault%20a;serial=4f2a"
+        );
+        assert_eq!(target.label().as_deref(), Some("vault a"));
+        let uri = target.uri().unwrap();
+        assert_eq!(uri.get(Attr::Token), Some(&b"vault a"[..]));
+        assert_eq!(uri.get(Attr::Serial), Some(&b"4f2a"[..]));
+        // The old keys are URIs too.
+        assert_eq!(
+            TokenTarget::Label("vault a".into())
+                .uri()
+                .unwrap()
+                .canonical(),
+            "pkcs11:token=vault%20a"
+        );
+        assert_eq!(
+            TokenTarget::Serial("4f2a".into())
+                .uri()
+                .unwrap()
+                .canonical(),
+            "pkcs11:serial=4f2a"
+        );
+        assert_eq!(TokenTarget::Slot(3).uri(), None);
+        // Slot attributes are fine: slot-id 9 on the upstream, if it has a token.
+        Config::parse(&slot("pkcs11:slot-id=9;model=SoftHSM%20v2"), Path::new("c")).unwrap();
+
+        let at = "config /c/p.toml:7: slot 4: token_uri";
+        let cases = [
+            (
+                "pkcs11:token=vault a",
+                "config /c/p.toml:7: token_uri: invalid PKCS#11 URI at character 19: in token: ' ' \
+                 must be percent-encoded as %20"
+                    .to_string(),
+            ),
+            (
+                "pkcs11:tokn=vault",
+                format!("{at} path attribute tokn is not one p11gate knows (did you mean token?): \
+                 RFC 7512 reads it as a vendor attribute, and a URI with a path attribute its \
+                 reader does not understand matches nothing"),
+            ),
+            (
+                "pkcs11:token=vault?pin-value=sekrit-2219",
+                format!("{at} has a pin-value: a PIN does not belong in the configuration's URI \
+                 (it would sit in clear text wherever the URI is shown); give the upstream \
+                 credential with credential_file or credential_env, and pin_hash"),
+            ),
+            (
+                "pkcs11:token=vault?pin-source=file:/etc/pin",
+                format!("{at} has a pin-source: p11gate reads the upstream credential from \
+                 credential_file or credential_env (with pin_hash)"),
+            ),
+            (
+                "pkcs11:token=vault?module-path=/usr/lib/x.so",
+                format!("{at} has a module-name or module-path: the module is the [[upstream]]'s path"),
+            ),
+            (
+                "pkcs11:token=vault?x-thing=1",
+                format!("{at} has the query attribute x-thing: a slot target's URI names a token \
+                 and has no query"),
+            ),
+            (
+                "pkcs11:token=vault;object=k;id=%01",
+                format!("{at} names an object (object, id): a slot target names a token; which \
+                 key to use is the application's choice"),
+            ),
+            (
+                "pkcs11:token=vault;library-version=2.6",
+                format!("{at} has library-version: the library is the [[upstream]]; a slot target \
+                 names a token on it by token and slot attributes"),
+            ),
+            (
+                "pkcs11:",
+                format!("{at} names no token: give at least one of token, manufacturer, serial, \
+                 model, slot-description, slot-manufacturer, slot-id"),
+            ),
+            (
+                "pkcs11:serial=12345678901234567",
+                format!("{at} has a serial of 17 bytes, but PKCS#11 holds at most 16 there: it \
+                 can never match"),
+            ),
+        ];
+        for (uri, want) in cases {
+            let e = err(&slot(uri));
+            assert_eq!(e, want, "{uri}");
+            assert!(!e.contains("sekrit"), "{e}");
+        }
+        let both = slot("pkcs11:token=v").replace("token_uri", "token_label = \"v\"\ntoken_uri");
+        assert_eq!(
+            err(&both),
+            "config /c/p.toml:5: slot 4: give exactly one of token_label, token_serial, token_uri, upstream_slot"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! Around it: [`runtime`] (C_Initialize / C_Finalize / fork), [`config`] (TOML + environment),
 //! [`logging`] (syslog, stderr or file), [`error`] (the one error type and its CK_RV mapping),
-//! [`credentials`] (PIN mapping), [`names`] (spec names for logs). `unsafe` appears only in
+//! [`credentials`] (PIN mapping), [`names`] (spec names for logs), [`uri`] (PKCS#11 URIs,
+//! RFC 7512, wherever a token or object is named). `unsafe` appears only in
 //! `ffi` and `backend::upstream`.
 
 pub mod audit;
@@ -31,3 +32,4 @@ pub mod policy;
 pub mod router;
 pub mod runtime;
 pub mod soft;
+pub mod uri;

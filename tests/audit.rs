@@ -50,6 +50,13 @@ const AES_ID: &[u8] = &[0x01, 0xab, 0xcd, 0xef];
 const HMAC_LABEL: &str = "audit-hmac-key";
 const HMAC_ID: &[u8] = &[0x02, 0x5e, 0xc0, 0x7f];
 
+/// The PKCS#11 URI (RFC 7512) an audit record gives a secret key with this token, label and
+/// id: the labels here need no escape, the id is escaped byte by byte.
+fn key_uri(token: &str, label: &str, id: &[u8]) -> String {
+    let id: String = id.iter().map(|b| format!("%{b:02X}")).collect();
+    format!("pkcs11:token={token};object={label};type=secret-key;id={id}")
+}
+
 /// 32 bytes encrypted with AES-GCM in the flow scenario.
 const PLAINTEXT: &[u8; 32] = b"plaintext-7731-never-logged-0032";
 /// 45 bytes MACed in one part.
@@ -1072,6 +1079,7 @@ syslog_socket = "{}"
             ("key", aes.clone()),
             ("key_label", AES_LABEL.into()),
             ("key_id", hex(AES_ID)),
+            ("key_uri", key_uri("audit-flow", AES_LABEL, AES_ID)),
         ],
     );
 
@@ -1146,6 +1154,7 @@ syslog_socket = "{}"
             ("key", aes.clone()),
             ("key_label", AES_LABEL.to_string()),
             ("key_id", hex(AES_ID)),
+            ("key_uri", key_uri("audit-flow", AES_LABEL, AES_ID)),
         ]
     };
     let hmac_key = || {
@@ -1153,6 +1162,7 @@ syslog_socket = "{}"
             ("key", hmac.clone()),
             ("key_label", HMAC_LABEL.to_string()),
             ("key_id", hex(HMAC_ID)),
+            ("key_uri", key_uri("audit-flow", HMAC_LABEL, HMAC_ID)),
         ]
     };
     let with = |mut a: Vec<(&'static str, String)>, b: &[(&'static str, String)]| {
@@ -1184,6 +1194,7 @@ syslog_socket = "{}"
             ("object", aes.clone()),
             ("object_label", AES_LABEL.into()),
             ("object_id", hex(AES_ID)),
+            ("object_uri", key_uri("audit-flow", AES_LABEL, AES_ID)),
         ],
     );
     assert_attrs(calls[3], client::AES_TEMPLATE_ATTRS);
@@ -1238,6 +1249,7 @@ syslog_socket = "{}"
             ("object", hmac.clone()),
             ("object_label", HMAC_LABEL.into()),
             ("object_id", hex(HMAC_ID)),
+            ("object_uri", key_uri("audit-flow", HMAC_LABEL, HMAC_ID)),
         ],
     );
     assert_attrs(calls[7], client::HMAC_TEMPLATE_ATTRS);
@@ -1280,6 +1292,7 @@ syslog_socket = "{}"
             ("object", aes.clone()),
             ("object_label", AES_LABEL.into()),
             ("object_id", hex(AES_ID)),
+            ("object_uri", key_uri("audit-flow", AES_LABEL, AES_ID)),
         ],
     );
     assert_attrs(calls[11], &["CKA_VALUE_LEN"]);
@@ -1293,6 +1306,7 @@ syslog_socket = "{}"
             ("object", hmac.clone()),
             ("object_label", HMAC_LABEL.into()),
             ("object_id", hex(HMAC_ID)),
+            ("object_uri", key_uri("audit-flow", HMAC_LABEL, HMAC_ID)),
         ],
     );
     // C_OpenSession (2), C_CloseSession (2), C_Logout, C_CloseSession
@@ -1301,7 +1315,7 @@ syslog_socket = "{}"
     }
     // Calls that use no key or mechanism carry none.
     for i in [0, 1, 2, 10, 12, 14, 15, 16, 17] {
-        for f in ["mech", "key", "key_label", "key_id"] {
+        for f in ["mech", "key", "key_label", "key_id", "key_uri"] {
             check(calls[i].get(f).is_none(), || {
                 format!("{f} in {}", calls[i].raw)
             });
@@ -1970,10 +1984,12 @@ const FIELDS: &[&str] = &[
     "key_label",
     "key_id",
     "key_class",
+    "key_uri",
     "object",
     "object_label",
     "object_id",
     "object_class",
+    "object_uri",
     "public",
     "in",
     "out",
@@ -2131,6 +2147,20 @@ fn no_pin_key_value_or_data_in_any_output() {
             Some(EVIL_LABEL),
             "{what}: {}",
             encrypt.raw
+        );
+        // Its URI is percent-encoded: no space, quote or control character to forge with, and
+        // it names the very label.
+        let uri = encrypt.req("key_uri");
+        assert!(
+            uri.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+            "{what}: {uri:?}"
+        );
+        let parsed = p11gate::uri::Pkcs11Uri::parse(uri).expect("key_uri parses");
+        assert_eq!(
+            parsed.get(p11gate::uri::Attr::Object),
+            Some(EVIL_LABEL.as_bytes()),
+            "{what}: {uri}"
         );
         // Every audited call of the scenario is there.
         for f in [

@@ -137,6 +137,10 @@ fn a_policy_refusal_is_audited_with_its_rule() {
     assert_eq!(r["refused"], "profile \"no-aes-gcm\" of upstream \"hsm\"");
     assert_eq!(r["key_label"], "gcm-key");
     assert_eq!(r["key_class"], "CKO_SECRET_KEY");
+    assert_eq!(
+        r["key_uri"],
+        "pkcs11:token=policy;object=gcm-key;type=secret-key"
+    );
     assert_eq!(r["upstream"], "hsm");
     assert_eq!(r["token"], "policy");
     // The generated key's record carries its label from the template.

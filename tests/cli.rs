@@ -384,7 +384,9 @@ fn token_init_json_reports_success_and_a_refusal() {
     let dir0 = format!("{home_s}/token0");
     assert_eq!(
         json_of(&out),
-        json!({"ok": true, "slot": 0, "label": "cli", "dir": dir0, "error": null})
+        json!({"ok": true, "slot": 0, "label": "cli", "dir": dir0,
+               "uri": "pkcs11:token=cli;manufacturer=p11gate;serial=0000000000000000;model=soft%20token",
+               "error": null})
     );
     // Initialising again needs the current SO PIN.
     let out = p11gate(
@@ -395,7 +397,7 @@ fn token_init_json_reports_success_and_a_refusal() {
     assert_exit(&out, 1);
     assert_eq!(
         json_of(&out),
-        json!({"ok": false, "slot": 0, "label": "cli2", "dir": dir0,
+        json!({"ok": false, "slot": 0, "label": "cli2", "dir": dir0, "uri": null,
                "error": "slot 0: CKR_PIN_INCORRECT"})
     );
     assert_eq!(stderr(&out), "token init: slot 0: CKR_PIN_INCORRECT\n");
@@ -403,14 +405,17 @@ fn token_init_json_reports_success_and_a_refusal() {
     assert_exit(&out, 1);
     assert_eq!(
         json_of(&out),
-        json!({"ok": false, "slot": 4, "label": "p11gate", "dir": null,
+        json!({"ok": false, "slot": 4, "label": "p11gate", "dir": null, "uri": null,
                "error": "there is no slot 4 (1 configured)"})
     );
     let out = p11gate(&["token", "init", "--label", "cli3"], &env, &pins);
     assert_exit(&out, 0);
     assert_eq!(
         stdout(&out),
-        format!("slot 0: token \"cli3\" initialised in {dir0}\n")
+        format!(
+            "slot 0: token \"cli3\" initialised in {dir0}\n  \
+             pkcs11:token=cli3;manufacturer=p11gate;serial=0000000000000000;model=soft%20token\n"
+        )
     );
 }
 

@@ -57,6 +57,15 @@ impl<'a> Probe<'a> {
         }
     }
 
+    /// A string the key's own parser accepts: "x", or a PKCS#11 URI for a `*_uri` key (whose
+    /// deserializer checks the URI).
+    fn placeholder_str(&self) -> &'static str {
+        match &self.at {
+            Some((_, k)) if k.ends_with("_uri") => "pkcs11:token=x",
+            _ => "x",
+        }
+    }
+
     fn child(&self, table: &str, key: &str) -> Probe<'a> {
         Probe {
             found: self.found,
@@ -107,8 +116,6 @@ impl<'de> Deserializer<'de> for Probe<'_> {
         deserialize_f32 => visit_f64(1.0),
         deserialize_f64 => visit_f64(1.0),
         deserialize_char => visit_char('x'),
-        deserialize_str => visit_str("x"),
-        deserialize_string => visit_str("x"),
         deserialize_bytes => visit_bytes(b"x"),
         deserialize_byte_buf => visit_bytes(b"x"),
         deserialize_unit => visit_unit(),
@@ -116,6 +123,14 @@ impl<'de> Deserializer<'de> for Probe<'_> {
         deserialize_ignored_any => visit_unit(),
         // A type that asks for "anything" (a slot id: integer or string) gets an integer.
         deserialize_any => visit_u64(1),
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {
+        v.visit_str(self.placeholder_str())
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {
+        v.visit_str(self.placeholder_str())
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {

@@ -91,6 +91,7 @@ fn child_process() {
         "read_only" => child_read_only(),
         "pin_mapping" => child_pin_mapping(),
         "same_module_twice" => child_same_module_twice(),
+        "unmatched_uri" => child_unmatched_uri(),
         other => panic!("unknown child scenario {other}"),
     }
     println!("{}", harness::CHILD_PASSED);
@@ -366,6 +367,28 @@ fn child_missing_token() {
         CKF_TOKEN_PRESENT
     );
     assert_eq!(ok("C_GetTokenInfo(3)", m.token_label(3)), "vault-c");
+    assert_rv("C_Finalize", m.finalize(), CKR_OK);
+}
+
+/// Slot 2's `token_uri` matches no token: it is listed only without tokenPresent, described
+/// (`SM_DESC`) as not found, and has no token to show or open a session on.
+fn child_unmatched_uri() {
+    let m = gate();
+    assert_eq!(ok("C_GetSlotList(FALSE)", m.slot_list(false)), vec![2]);
+    assert_eq!(
+        ok("C_GetSlotList(TRUE)", m.slot_list(true)),
+        Vec::<CK_SLOT_ID>::new()
+    );
+    let info = ok("C_GetSlotInfo(2)", m.slot_info(2));
+    assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0);
+    let description = String::from_utf8_lossy(&info.slotDescription);
+    assert_eq!(description.trim_end(), arg("SM_DESC"));
+    assert_err("C_GetTokenInfo(2)", m.token_info(2), CKR_TOKEN_NOT_PRESENT);
+    assert_err(
+        "C_OpenSession(2)",
+        m.open_session(2, false),
+        CKR_TOKEN_NOT_PRESENT,
+    );
     assert_rv("C_Finalize", m.finalize(), CKR_OK);
 }
 
@@ -1339,6 +1362,161 @@ slots = [12]
 }
 
 #[test]
+fn token_uris_select_by_every_attribute_they_give() {
+    let bed = Bed::new();
+    let text = r#"default_app = "found"
+
+[[upstream]]
+name = "hsm-a"
+path = "@SOFTHSM@"
+
+[[upstream]]
+name = "hsm-b"
+path = "@COPY@"
+
+# Label and serial: both must match.
+[[slot]]
+id = 0
+upstream = "hsm-a"
+token_uri = "pkcs11:token=vault-a;serial=@SERIAL_A@"
+
+# Every token attribute.
+[[slot]]
+id = 1
+upstream = "hsm-b"
+token_uri = "pkcs11:token=vault-b;manufacturer=SoftHSM%20project;serial=@SERIAL_B@;model=SoftHSM%20v2"
+
+# Slot attributes: the slot id and C_GetSlotInfo's description.
+[[slot]]
+id = 3
+upstream = "hsm-a"
+token_uri = "pkcs11:slot-id=@SLOT_B@;slot-description=SoftHSM%20slot%20ID%200x@SLOT_B_HEX@"
+
+# vault-a's label with vault-b's serial: no token has both.
+[[slot]]
+id = 2
+upstream = "hsm-a"
+token_uri = "pkcs11:token=vault-a;serial=@SERIAL_B@"
+
+[[app]]
+name = "found"
+slots = [0, 1, 3]
+
+[[app]]
+name = "none"
+slots = [2]
+"#
+    .replace("@SLOT_B_HEX@", &format!("{:x}", bed.b.slot));
+    let cfg = bed.config("p11gate.toml", &text);
+    let (a, b) = (&bed.a, &bed.b);
+
+    let log = bed.log("found");
+    let env = bed.env(&cfg, None, &log);
+    run_child(
+        "slots_and_labels",
+        &with(
+            env.clone(),
+            &[
+                ("SM_IDS", "0,1,3".into()),
+                ("SM_LABELS", "vault-a,vault-b,vault-b".into()),
+            ],
+        ),
+    );
+    let listing = stdout_ok("pkcs11-tool -L", &gate_tool(&env, &["-L"]));
+    assert_eq!(
+        tool_slots(&listing),
+        vec![
+            (0, "vault-a".to_string()),
+            (1, "vault-b".to_string()),
+            (3, "vault-b".to_string())
+        ],
+        "{listing}"
+    );
+    assert_log_free_of_secrets(&log, &[]);
+
+    // The URI that matches nothing: absent, described, and logged, with the URI.
+    let target = format!("token pkcs11:token=vault-a;serial={}", b.serial);
+    let description = format!("p11gate slot 2: {target} not found on hsm-a");
+    let log_none = bed.log("none");
+    run_child(
+        "unmatched_uri",
+        &with(
+            bed.env(&cfg, Some("none"), &log_none),
+            &[("SM_DESC", description[..64].to_string())],
+        ),
+    );
+    let warnings = log_lines_at(&read_log(&log_none), "WARN");
+    let want = format!("slot 2 -> hsm-a {target}: not found (yet)");
+    assert!(
+        warnings.contains(&want),
+        "want the warning {want:?} in {warnings:#?}"
+    );
+
+    // config check: where each URI leads, and for the one that matches nothing, the tokens
+    // that are there, as URIs to pick from.
+    let env_check = params(&[("SOFTHSM2_CONF", bed.hsm.conf.display().to_string())]);
+    let out = harness::cli(
+        &["config", "check", &cfg.display().to_string()],
+        &env_check,
+        "",
+    );
+    let check = stdout_ok("p11gate config check", &out);
+    let softhsm = common::softhsm_module().display().to_string();
+    let lines: Vec<&str> = check.lines().collect();
+    for want in [
+        format!(
+            "  slot 0 -> upstream \"hsm-a\" ({softhsm}), token pkcs11:token=vault-a;serial={}: upstream slot {:#x}",
+            a.serial, a.slot
+        ),
+        format!(
+            "  slot 1 -> upstream \"hsm-b\" ({}), token pkcs11:token=vault-b;manufacturer=SoftHSM%20project;serial={};model=SoftHSM%20v2: upstream slot {:#x}",
+            bed.copy.display(),
+            b.serial,
+            b.slot
+        ),
+        format!(
+            "  slot 3 -> upstream \"hsm-a\" ({softhsm}), token pkcs11:slot-description=SoftHSM%20slot%20ID%200x{:x};slot-id={}: upstream slot {:#x}",
+            b.slot, b.slot, b.slot
+        ),
+        format!("  slot 2 -> upstream \"hsm-a\" ({softhsm}), {target}: not present"),
+    ] {
+        assert!(lines.contains(&want.as_str()), "want {want:?} in:\n{check}");
+    }
+    let header = lines
+        .iter()
+        .position(|l| *l == "    no token matches; upstream \"hsm-a\" has:")
+        .unwrap_or_else(|| panic!("no list of tokens in:\n{check}"));
+    let there: BTreeSet<&str> = lines[header + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("      "))
+        .map(|l| l.trim_start())
+        .collect();
+    let uri = |label: &str, serial: &str, slot: u64| {
+        format!(
+            "pkcs11:token={label};manufacturer=SoftHSM%20project;serial={serial};model=SoftHSM%20v2;slot-id={slot}"
+        )
+    };
+    let want = [
+        uri("vault-a", &a.serial, a.slot),
+        uri("vault-b", &b.serial, b.slot),
+        uri("", "", bed.free_slot),
+    ];
+    assert_eq!(
+        there,
+        want.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        "{check}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("no token matches"))
+            .count(),
+        1,
+        "only the slot that matches nothing lists tokens:\n{check}"
+    );
+}
+
+#[test]
 fn a_token_that_is_not_there_is_listed_absent_and_found_later() {
     let bed = Bed::new();
     let cfg = bed.config(
@@ -1702,14 +1880,14 @@ fn every_config_error_names_file_and_line() {
                 "{up}\n[[slot]]\nid = 0\nupstream = \"hsm-a\"\ntoken_label = \"vault-a\"\nupstream_slot = @SLOT_A@\n"
             ),
             lines: &[5, 6],
-            message: "slot 0: give exactly one of token_label, token_serial, upstream_slot".into(),
+            message: "slot 0: give exactly one of token_label, token_serial, token_uri, upstream_slot".into(),
             prefix_only: false,
         },
         BadConfig {
             name: "no-target",
             text: format!("{up}\n[[slot]]\nid = 0\nupstream = \"hsm-a\"\n"),
             lines: &[5, 6],
-            message: "slot 0: give exactly one of token_label, token_serial, upstream_slot".into(),
+            message: "slot 0: give exactly one of token_label, token_serial, token_uri, upstream_slot".into(),
             prefix_only: false,
         },
         BadConfig {
@@ -1717,6 +1895,42 @@ fn every_config_error_names_file_and_line() {
             text: format!("{up}\n{slot0}credential_file = \"{}\"\n", pin_file.display()),
             lines: &[5, 6, 9],
             message: "slot 0: a credential needs pin_hash (make one with `p11gate hash-pin`)".into(),
+            prefix_only: false,
+        },
+        BadConfig {
+            name: "token-uri-syntax",
+            // 1-3 upstream, 5-8 slot 0 (its token_uri on line 8)
+            text: format!(
+                "{up}\n[[slot]]\nid = 0\nupstream = \"hsm-a\"\ntoken_uri = \"pkcs11:token=vault a\"\n"
+            ),
+            lines: &[8],
+            message: "token_uri: invalid PKCS#11 URI at character 19: in token: ' ' must be \
+                      percent-encoded as %20"
+                .into(),
+            prefix_only: false,
+        },
+        BadConfig {
+            name: "token-uri-pin-value",
+            text: format!(
+                "{up}\n[[slot]]\nid = 0\nupstream = \"hsm-a\"\ntoken_uri = \"pkcs11:token=vault-a?pin-value={APP_PIN}\"\n"
+            ),
+            lines: &[8],
+            message: "slot 0: token_uri has a pin-value: a PIN does not belong in the \
+                      configuration's URI (it would sit in clear text wherever the URI is shown); \
+                      give the upstream credential with credential_file or credential_env, and \
+                      pin_hash"
+                .into(),
+            prefix_only: false,
+        },
+        BadConfig {
+            name: "token-uri-object",
+            text: format!(
+                "{up}\n[[slot]]\nid = 0\nupstream = \"hsm-a\"\ntoken_uri = \"pkcs11:token=vault-a;object=vault-key;type=secret-key\"\n"
+            ),
+            lines: &[8],
+            message: "slot 0: token_uri names an object (object, type): a slot target names a \
+                      token; which key to use is the application's choice"
+                .into(),
             prefix_only: false,
         },
         BadConfig {

@@ -2,7 +2,9 @@
 //!
 //! Both come from one walk over a record's fields ([`walk`]), so the two sinks always carry the
 //! same fields in the same order. Values that come from applications (labels) are escaped: a
-//! label cannot start a new line or a new field.
+//! label cannot start a new line or a new field. An object's PKCS#11 URI (`key_uri`,
+//! `object_uri`) is made here, on the writer thread, from what the record and the key cache
+//! hold; percent-encoded, it has no space, quote, backslash or control character to escape.
 
 use std::fmt::Write as _;
 
@@ -45,11 +47,12 @@ pub fn walk(r: &Record, origin: &Origin, rec: u64, out: &mut dyn Fields) {
     if let Some(us) = r.duration_us {
         out.number("us", us);
     }
+    let token = r.slot.as_ref().and_then(|s| s.entry.token_label(s.id));
     if let Some(s) = &r.slot {
         out.number("slot", s.id);
         out.text("upstream", s.upstream);
-        if let Some(label) = s.entry.token_label(s.id) {
-            out.text("token", &label);
+        if let Some(label) = &token {
+            out.text("token", label);
         }
     } else if let Some(u) = &r.upstream {
         out.text("upstream", u);
@@ -75,10 +78,10 @@ pub fn walk(r: &Record, origin: &Origin, rec: u64, out: &mut dyn Fields) {
         }
     }
     if let Some(k) = &r.key {
-        object(out, r, "key", k, &mut buf);
+        object(out, r, "key", k, token.as_deref(), &mut buf);
     }
     if let Some(o) = &r.object {
-        object(out, r, "object", o, &mut buf);
+        object(out, r, "object", o, token.as_deref(), &mut buf);
     }
     if let Some(p) = r.public {
         out.number("public", p);
@@ -135,7 +138,14 @@ pub fn walk(r: &Record, origin: &Origin, rec: u64, out: &mut dyn Fields) {
     }
 }
 
-fn object(out: &mut dyn Fields, r: &Record, prefix: &str, o: &ObjectRef, buf: &mut String) {
+fn object(
+    out: &mut dyn Fields,
+    r: &Record,
+    prefix: &str,
+    o: &ObjectRef,
+    token: Option<&str>,
+    buf: &mut String,
+) {
     // Handle 0 (CK_INVALID_HANDLE) stands for "no object yet": what a search looks for.
     if o.handle != CK_INVALID_HANDLE {
         out.number(prefix, o.handle);
@@ -151,10 +161,10 @@ fn object(out: &mut dyn Fields, r: &Record, prefix: &str, o: &ObjectRef, buf: &m
         }
     };
     let Some(info) = info else { return };
-    let (label, id, class) = if prefix == "key" {
-        ("key_label", "key_id", "key_class")
+    let (label, id, class, uri) = if prefix == "key" {
+        ("key_label", "key_id", "key_class", "key_uri")
     } else {
-        ("object_label", "object_id", "object_class")
+        ("object_label", "object_id", "object_class", "object_uri")
     };
     if let Some(l) = &info.label {
         out.text(label, l);
@@ -169,6 +179,17 @@ fn object(out: &mut dyn Fields, r: &Record, prefix: &str, o: &ObjectRef, buf: &m
             Some(n) => out.text(class, n),
             None => out.text(class, hex_number(c, buf)),
         }
+    }
+    buf.clear();
+    crate::uri::push_object_uri(
+        buf,
+        token,
+        info.label.as_deref(),
+        info.id.as_deref(),
+        info.class,
+    );
+    if !buf.is_empty() {
+        out.text(uri, buf);
     }
 }
 
@@ -223,20 +244,30 @@ impl Fields for KeyValue {
             return;
         }
         self.text.push('"');
-        for c in value.chars() {
-            match c {
-                '"' => self.text.push_str("\\\""),
-                '\\' => self.text.push_str("\\\\"),
-                c if c.is_control() => {
+        // Runs that need no escape go in whole (a URI is one run).
+        let mut run = 0;
+        for (at, c) in value.char_indices() {
+            // `None`: a control character, escaped byte by byte.
+            let escape = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                c if c.is_control() => None,
+                _ => continue,
+            };
+            self.text.push_str(&value[run..at]);
+            run = at + c.len_utf8();
+            match escape {
+                Some(e) => self.text.push_str(e),
+                None => {
                     let mut bytes = [0u8; 4];
                     for b in c.encode_utf8(&mut bytes).bytes() {
                         self.text.push_str("\\x");
                         push_hex(&mut self.text, &[b]);
                     }
                 }
-                c => self.text.push(c),
             }
         }
+        self.text.push_str(&value[run..]);
         self.text.push('"');
     }
 
@@ -286,19 +317,29 @@ impl JsonMembers {
 /// Appends `s` as a JSON string.
 pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Runs that need no escape go in whole; only ASCII bytes are ever escaped.
+    let mut run = 0;
+    for (at, b) in s.bytes().enumerate() {
+        // `None`: another control character, as `\u00XX`.
+        let escape = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..0x20 | 0x7f => None,
+            _ => continue,
+        };
+        out.push_str(&s[run..at]);
+        run = at + 1;
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
             }
-            c => out.push(c),
         }
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -469,7 +510,9 @@ mod tests {
             "event=call time=2026-11-28T23:06:01.123456Z host=vault1 pid=4242 rec=17 \
              app=vault-1 fn=C_Encrypt rv=CKR_OK us=41 session=262145 mech=CKM_AES_GCM key=2 \
              key_label=\"my \\\"key\\\"\\x0a fn=C_Login\" key_id=3132 \
-             key_class=CKO_SECRET_KEY in=32 out=48 parts=1"
+             key_class=CKO_SECRET_KEY \
+             key_uri=\"pkcs11:object=my%20%22key%22%0A%20fn=C_Login;type=secret-key;id=%31%32\" \
+             in=32 out=48 parts=1"
         );
     }
 
@@ -479,10 +522,87 @@ mod tests {
         walk(&sample(), &origin(), 17, &mut j);
         let v: serde_json::Value = serde_json::from_str(&format!("{{{}}}", j.0)).unwrap();
         assert_eq!(v["key_label"], "my \"key\"\n fn=C_Login");
+        assert_eq!(
+            v["key_uri"],
+            "pkcs11:object=my%20%22key%22%0A%20fn=C_Login;type=secret-key;id=%31%32"
+        );
         assert_eq!(v["rec"], 17);
         assert_eq!(v["out"], 48);
         assert_eq!(v["rv"], "CKR_OK");
         assert!(j.0.starts_with("\"event\":\"call\",\"time\":"));
+    }
+
+    #[test]
+    fn object_uris_name_the_token_and_only_known_objects() {
+        use crate::audit::record::SlotRef;
+        use crate::router::slots::SlotEntry;
+        let entry: &'static SlotEntry = Box::leak(Box::new(SlotEntry::new(
+            1,
+            0,
+            Some(crate::config::TokenTarget::Label("vault a".into())),
+            crate::policy::SlotPolicy::default(),
+            None,
+        )));
+        let known = |label: Option<&str>, id: Option<&[u8]>, class| ObjectRef {
+            handle: 9,
+            info: Some(Arc::new(KeyInfo {
+                label: label.map(Into::into),
+                id: id.map(|i| i.to_vec().into_boxed_slice()),
+                class,
+            })),
+        };
+        let r = Record {
+            function: Some("C_WrapKey"),
+            slot: Some(SlotRef {
+                id: 1,
+                upstream: "hsm",
+                entry,
+            }),
+            key: Some(known(Some("kek"), None, Some(CKO_SECRET_KEY))),
+            object: Some(known(None, Some(&[0xff, 0x00]), None)),
+            ..Record::default()
+        };
+        let mut kv = KeyValue::default();
+        walk(&r, &origin(), 1, &mut kv);
+        assert!(
+            kv.text.ends_with(
+                "fn=C_WrapKey slot=1 upstream=hsm token=\"vault a\" key=9 key_label=kek \
+                 key_class=CKO_SECRET_KEY key_uri=\"pkcs11:token=vault%20a;object=kek;type=secret-key\" \
+                 object=9 object_id=ff00 object_uri=\"pkcs11:token=vault%20a;id=%FF%00\""
+            ),
+            "{}",
+            kv.text
+        );
+        // Only a class known: that names a kind of object, not the object: no URI.
+        let r = Record {
+            object: Some(known(None, None, Some(CKO_DATA))),
+            ..Record::default()
+        };
+        let mut j = JsonMembers::default();
+        walk(&r, &origin(), 1, &mut j);
+        assert!(
+            j.0.ends_with("\"object\":9,\"object_class\":\"CKO_DATA\""),
+            "{}",
+            j.0
+        );
+    }
+
+    #[test]
+    fn escapes_cover_quotes_backslashes_and_controls() {
+        let value = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h\u{e9}\u{85}i";
+        let mut json = String::new();
+        json_string(&mut json, value);
+        assert_eq!(
+            json,
+            "\"a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u007fh\u{e9}\u{85}i\""
+        );
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), value);
+        let mut kv = KeyValue::default();
+        kv.text("k", value);
+        assert_eq!(
+            kv.text,
+            "k=\"a\\\"b\\\\c\\x0ad\\x0de\\x09f\\x01g\\x7fh\u{e9}\\xc2\\x85i\""
+        );
     }
 
     #[test]

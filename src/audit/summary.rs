@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::uri::{Attr, ObjectType, Pkcs11Uri};
+
 /// Usage text, printed by `--help` and, on stderr, after a usage error.
 pub const USAGE: &str = "usage: p11gate audit summary [OPTIONS] [FILE|-]
 
@@ -34,19 +36,22 @@ options:
                  2026-11-29T00:06:01.5+01:00) or an age: 45s, 30m, 2h, 7d
   --app NAME     records of the app NAME
   --key KEY      calls using the key whose label is KEY, or whose CKA_ID is KEY in hex
-                 (3132 or id:3132), or whose handle is N (handle:N)
+                 (3132 or id:3132), or whose handle is N (handle:N), or that a PKCS#11
+                 URI names by token, object, type and id: every one it gives must match
+                 (pkcs11:token=vault;object=vault-key;type=secret-key)
   --fn NAME      calls of the function NAME (C_Encrypt, or Encrypt)
   --errors       calls whose result is not CKR_OK or that p11gate refused
   --json         print one JSON object instead of tables: records (calls and events
                  counted), calls, errors, refusals, duplicates, malformed, dropped_records,
                  denied_calls, events {init, finalize, load, config_error, outage, dropped,
                  other}, and apps, keys, functions: [{name, calls, errors, refusals, first,
-                 last}] (keys also app and key; a key's name is app/key)
+                 last}] (keys also app and key, and uri when the records carry one;
+                 a key's name is app/key)
   -h, --help     print this text
 
 A call counts for the key it used, else for the object it made, read or changed. A key is
-named by its label, else id:CKA_ID, else handle:N, per app. Rows are sorted by calls,
-most first. Times are UTC.
+named by its label, else id:CKA_ID, else handle:N, per app; its uri column is the fullest
+PKCS#11 URI (key_uri) its records carry. Rows are sorted by calls, most first. Times are UTC.
 
 Filters combine: a record is counted when all of them match. --key, --fn and --errors select
 calls only; the events section (drops, outages, configuration errors, init, finalize) still
@@ -57,6 +62,7 @@ examples:
   p11gate audit summary --since 2h --errors /var/log/syslog
   journalctl -t p11gate --since today | p11gate audit summary --app vault-1 --json
   p11gate audit summary --key vault-key --fn Decrypt --since 2026-11-28T00:00:00Z audit.jsonl
+  p11gate audit summary --key 'pkcs11:token=vault;object=vault-key' audit.jsonl
 
 Exit status: 0 success, 1 the input could not be read (or the output written), 2 usage error.";
 
@@ -196,7 +202,7 @@ struct Filter {
     /// Microseconds since the epoch: records at or after it.
     since: Option<i64>,
     app: Option<String>,
-    key: Option<String>,
+    key: Option<KeyFilter>,
     /// Normalised to start with `C_`; compared without regard to case.
     func: Option<String>,
     errors: bool,
@@ -253,7 +259,7 @@ fn parse_args(args: &[String], now_us: i64) -> Result<Parsed, String> {
                 set_once(&mut filter.since, t, name)?;
             }
             ("--app", Some(v)) => set_once(&mut filter.app, v, name)?,
-            ("--key", Some(v)) => set_once(&mut filter.key, v, name)?,
+            ("--key", Some(v)) => set_once(&mut filter.key, KeyFilter::parse(v)?, name)?,
             ("--fn", Some(v)) => {
                 if v.is_empty() {
                     return Err("--fn needs a function name".into());
@@ -273,6 +279,39 @@ fn parse_args(args: &[String], now_us: i64) -> Result<Parsed, String> {
         json,
         filter,
     }))
+}
+
+/// `--key`: a name as the key table shows it, or a PKCS#11 URI.
+#[derive(Debug)]
+enum KeyFilter {
+    Name(String),
+    Uri(Pkcs11Uri),
+}
+
+impl KeyFilter {
+    fn parse(text: String) -> Result<KeyFilter, String> {
+        if !text
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("pkcs11:"))
+        {
+            return Ok(KeyFilter::Name(text));
+        }
+        let uri = Pkcs11Uri::parse(&text).map_err(|e| format!("--key: {e}"))?;
+        uri.check_understood().map_err(|e| format!("--key: {e}"))?;
+        let unknowable: Vec<&str> = uri
+            .attrs()
+            .filter(|a| !matches!(a, Attr::Token | Attr::Object | Attr::Type | Attr::Id))
+            .map(Attr::name)
+            .collect();
+        if !unknowable.is_empty() {
+            return Err(format!(
+                "--key: audit records name a key by token, object, type and id; they do not \
+                 say its {}",
+                unknowable.join(", ")
+            ));
+        }
+        Ok(KeyFilter::Uri(uri))
+    }
 }
 
 /// A filter given twice is an error rather than "last wins": the user meant something else.
@@ -505,6 +544,8 @@ struct Raw<'a> {
     key_label: Option<Str<'a>>,
     #[serde(borrow)]
     key_id: Option<Str<'a>>,
+    #[serde(borrow)]
+    key_uri: Option<Str<'a>>,
     /// The object a call made, read, changed or destroyed: counted as the key when the record
     /// names no key of its own (C_GenerateKey, C_GetAttributeValue, C_DestroyObject, ...).
     object: Option<u64>,
@@ -512,6 +553,8 @@ struct Raw<'a> {
     object_label: Option<Str<'a>>,
     #[serde(borrow)]
     object_id: Option<Str<'a>>,
+    #[serde(borrow)]
+    object_uri: Option<Str<'a>>,
     #[serde(borrow)]
     refused: Option<Str<'a>>,
     count: Option<u64>,
@@ -533,6 +576,8 @@ struct Record<'a> {
     key: Option<u64>,
     key_label: Option<Cow<'a, str>>,
     key_id: Option<Cow<'a, str>>,
+    /// The key's PKCS#11 URI, as p11gate wrote it.
+    key_uri: Option<Cow<'a, str>>,
     refused: bool,
     count: Option<u64>,
     denied: Option<u64>,
@@ -579,11 +624,14 @@ fn validate(raw: Raw<'_>) -> Result<Option<Record<'_>>, &'static str> {
     }
     let time = raw.time.ok_or("no time")?.0;
     let time = parse_rfc3339(&time).ok_or("time is not RFC 3339")?;
-    let names_key = raw.key.is_some() || raw.key_label.is_some() || raw.key_id.is_some();
-    let (key, key_label, key_id) = if names_key {
-        (raw.key, raw.key_label, raw.key_id)
+    let names_key = raw.key.is_some()
+        || raw.key_label.is_some()
+        || raw.key_id.is_some()
+        || raw.key_uri.is_some();
+    let (key, key_label, key_id, key_uri) = if names_key {
+        (raw.key, raw.key_label, raw.key_id, raw.key_uri)
     } else {
-        (raw.object, raw.object_label, raw.object_id)
+        (raw.object, raw.object_label, raw.object_id, raw.object_uri)
     };
     let record = Record {
         time,
@@ -596,6 +644,7 @@ fn validate(raw: Raw<'_>) -> Result<Option<Record<'_>>, &'static str> {
         key,
         key_label: key_label.map(|s| s.0).filter(|s| !s.is_empty()),
         key_id: key_id.map(|s| s.0).filter(|s| !s.is_empty()),
+        key_uri: key_uri.map(|s| s.0).filter(|s| !s.is_empty()),
         refused: raw.refused.is_some(),
         count: raw.count,
         denied: raw.denied,
@@ -659,9 +708,11 @@ fn parse_pairs(text: &[u8]) -> Result<Raw<'_>, &'static str> {
             b"key" => set_field(&mut raw.key, number(&value.0)?)?,
             b"key_label" => set_field(&mut raw.key_label, value)?,
             b"key_id" => set_field(&mut raw.key_id, value)?,
+            b"key_uri" => set_field(&mut raw.key_uri, value)?,
             b"object" => set_field(&mut raw.object, number(&value.0)?)?,
             b"object_label" => set_field(&mut raw.object_label, value)?,
             b"object_id" => set_field(&mut raw.object_id, value)?,
+            b"object_uri" => set_field(&mut raw.object_uri, value)?,
             b"refused" => set_field(&mut raw.refused, value)?,
             b"count" => set_field(&mut raw.count, number(&value.0)?)?,
             b"denied" => set_field(&mut raw.denied, number(&value.0)?)?,
@@ -790,6 +841,8 @@ struct Summary {
     apps: HashMap<String, Counts>,
     /// app -> key name -> counts: keys are per app, as handles and labels are.
     keys: HashMap<String, HashMap<String, Counts>>,
+    /// app -> key name -> the fullest key URI its records carry.
+    key_uris: HashMap<String, HashMap<String, String>>,
     functions: HashMap<String, Counts>,
     totals: Counts,
     events: Events,
@@ -877,7 +930,8 @@ impl Filter {
         }
         match &self.key {
             None => true,
-            Some(wanted) => key_matches(record, wanted),
+            Some(KeyFilter::Name(wanted)) => key_matches(record, wanted),
+            Some(KeyFilter::Uri(wanted)) => key_matches_uri(record, wanted),
         }
     }
 }
@@ -899,6 +953,44 @@ fn key_matches(record: &Record, wanted: &str) -> bool {
     false
 }
 
+/// `--key pkcs11:...`: every attribute the URI gives matches what the record says of its key
+/// (its key_uri, else its label and id).
+fn key_matches_uri(record: &Record, wanted: &Pkcs11Uri) -> bool {
+    let said = record
+        .key_uri
+        .as_deref()
+        .and_then(|u| Pkcs11Uri::parse(u).ok());
+    let (token, label, id, class) = match &said {
+        Some(u) => (
+            u.get(Attr::Token).map(<[u8]>::to_vec),
+            u.get(Attr::Object).map(<[u8]>::to_vec),
+            u.get(Attr::Id).map(<[u8]>::to_vec),
+            u.object_type().map(ObjectType::class),
+        ),
+        None => (
+            None,
+            record.key_label.as_deref().map(|l| l.as_bytes().to_vec()),
+            record.key_id.as_deref().and_then(hex_bytes),
+            None,
+        ),
+    };
+    wanted
+        .get(Attr::Token)
+        .is_none_or(|t| token.as_deref() == Some(t))
+        && wanted.matches_object(class, label.as_deref(), id.as_deref())
+}
+
+/// `key_id`'s hex as bytes.
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let b = text.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2)
+        .map(|p| Some(hex_digit(p[0])? << 4 | hex_digit(p[1])?))
+        .collect()
+}
+
 /// The key table's name of a record's key: its label, else `id:` its CKA_ID, else `handle:`
 /// its handle; `None` for a record without a key. `buf` is reused to avoid an allocation.
 fn key_name<'r>(record: &'r Record, buf: &'r mut String) -> Option<&'r str> {
@@ -916,6 +1008,22 @@ fn key_name<'r>(record: &'r Record, buf: &'r mut String) -> Option<&'r str> {
         let _ = write!(buf, "handle:{handle}");
     }
     Some(buf.as_str())
+}
+
+/// Keeps the longer of `uri` and the one `name` has (on a tie the smaller), so that the URI a
+/// row shows does not depend on the order of the records.
+fn keep_fullest(uris: &mut HashMap<String, String>, name: &str, uri: &str) {
+    match uris.get_mut(name) {
+        Some(kept) => {
+            if (uri.len(), std::cmp::Reverse(uri)) > (kept.len(), std::cmp::Reverse(kept.as_str()))
+            {
+                uri.clone_into(kept);
+            }
+        }
+        None => {
+            uris.insert(name.to_string(), uri.to_string());
+        }
+    }
 }
 
 /// Adds `record` to the row `name` of `map`, allocating the name only for a new row.
@@ -976,6 +1084,13 @@ impl Summary {
                 None => self.keys.entry(record.app.to_string()).or_default(),
             };
             add_to(per_app, name, record);
+            if let Some(uri) = record.key_uri.as_deref() {
+                let uris = match self.key_uris.get_mut(record.app.as_ref()) {
+                    Some(m) => m,
+                    None => self.key_uris.entry(record.app.to_string()).or_default(),
+                };
+                keep_fullest(uris, name, uri);
+            }
         }
     }
 
@@ -1147,12 +1262,20 @@ where
     rows
 }
 
-/// Key rows as (app, key name, counts), sorted like [`sorted`] by "app/key".
-fn key_rows(summary: &Summary) -> Vec<(String, String, Counts)> {
-    let mut rows: Vec<(String, String, Counts)> = summary
+/// A key row: app, key name, counts, and the key's URI when its records carry one.
+type KeyRow = (String, String, Counts, Option<String>);
+
+/// Key rows, sorted like [`sorted`] by "app/key".
+fn key_rows(summary: &Summary) -> Vec<KeyRow> {
+    let mut rows: Vec<KeyRow> = summary
         .keys
         .iter()
-        .flat_map(|(app, keys)| keys.iter().map(move |(k, c)| (app.clone(), k.clone(), *c)))
+        .flat_map(|(app, keys)| {
+            keys.iter().map(move |(k, c)| {
+                let uri = summary.key_uris.get(app).and_then(|u| u.get(k)).cloned();
+                (app.clone(), k.clone(), *c, uri)
+            })
+        })
         .collect();
     rows.sort_by(|a, b| {
         b.2.calls
@@ -1189,11 +1312,13 @@ fn printable(name: &str) -> Cow<'_, str> {
     Cow::Owned(s)
 }
 
+/// A table of rows; `uris`, when any row has one, adds a last column.
 fn write_table(
     out: &mut dyn Write,
     title: &str,
     header: &str,
     rows: &[(String, Counts)],
+    uris: &[Option<String>],
 ) -> io::Result<()> {
     writeln!(out, "{title}")?;
     if rows.is_empty() {
@@ -1216,20 +1341,36 @@ fn write_table(
         &mut rows.iter().map(|r| r.1.refusals.to_string().len()),
     );
     const TIME_W: usize = 27; // 2026-11-28T23:06:01.123456Z
+    let with_uris = uris.iter().any(Option::is_some);
+    let uri_head = if with_uris {
+        format!("  {:<TIME_W$}  uri", "last")
+    } else {
+        "  last".to_string()
+    };
     writeln!(
         out,
-        "  {header:<name_w$}  {:>calls_w$}  {:>errors_w$}  {:>refusals_w$}  {:<TIME_W$}  last",
+        "  {header:<name_w$}  {:>calls_w$}  {:>errors_w$}  {:>refusals_w$}  {:<TIME_W$}{uri_head}",
         "calls", "errors", "refusals", "first"
     )?;
-    for (name, (_, c)) in names.iter().zip(rows) {
+    for (i, (name, (_, c))) in names.iter().zip(rows).enumerate() {
+        // p11gate percent-encodes a URI, but the input may not be p11gate's: escaped as names.
+        let uri = match uris.get(i) {
+            Some(Some(u)) => format!("  {}", printable(u)),
+            _ if with_uris => "  -".to_string(),
+            _ => String::new(),
+        };
+        let last = if with_uris {
+            format!("{:<TIME_W$}", format_time(c.last))
+        } else {
+            format_time(c.last)
+        };
         writeln!(
             out,
-            "  {name:<name_w$}  {:>calls_w$}  {:>errors_w$}  {:>refusals_w$}  {:<TIME_W$}  {}",
+            "  {name:<name_w$}  {:>calls_w$}  {:>errors_w$}  {:>refusals_w$}  {:<TIME_W$}  {last}{uri}",
             c.calls,
             c.errors,
             c.refusals,
             format_time(c.first),
-            format_time(c.last)
         )?;
     }
     Ok(())
@@ -1237,16 +1378,16 @@ fn write_table(
 
 fn write_text(summary: &Summary, out: &mut dyn Write) -> io::Result<()> {
     let apps = sorted(summary.apps.iter().map(|(n, c)| (n.clone(), c)));
-    write_table(out, "apps", "app", &apps)?;
+    write_table(out, "apps", "app", &apps, &[])?;
     writeln!(out)?;
-    let keys: Vec<(String, Counts)> = key_rows(summary)
+    let (keys, uris): (Vec<(String, Counts)>, Vec<Option<String>>) = key_rows(summary)
         .into_iter()
-        .map(|(app, key, c)| (format!("{app}/{key}"), c))
-        .collect();
-    write_table(out, "keys", "app/key", &keys)?;
+        .map(|(app, key, c, uri)| ((format!("{app}/{key}"), c), uri))
+        .unzip();
+    write_table(out, "keys", "app/key", &keys, &uris)?;
     writeln!(out)?;
     let functions = sorted(summary.functions.iter().map(|(n, c)| (n.clone(), c)));
-    write_table(out, "functions", "function", &functions)?;
+    write_table(out, "functions", "function", &functions, &[])?;
     writeln!(out)?;
     let e = &summary.events;
     writeln!(out, "events")?;
@@ -1309,6 +1450,9 @@ struct JsonKeyRow {
     refusals: u64,
     first: String,
     last: String,
+    /// The fullest PKCS#11 URI the key's records carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uri: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -1354,7 +1498,7 @@ fn write_json(summary: &Summary, out: &mut dyn Write) -> io::Result<()> {
         apps: json_rows(sorted(summary.apps.iter().map(|(n, c)| (n.clone(), c)))),
         keys: key_rows(summary)
             .into_iter()
-            .map(|(app, key, c)| JsonKeyRow {
+            .map(|(app, key, c, uri)| JsonKeyRow {
                 name: format!("{app}/{key}"),
                 app,
                 key,
@@ -1363,6 +1507,7 @@ fn write_json(summary: &Summary, out: &mut dyn Write) -> io::Result<()> {
                 refusals: c.refusals,
                 first: format_time(c.first),
                 last: format_time(c.last),
+                uri,
             })
             .collect(),
         functions: json_rows(sorted(
@@ -1952,8 +2097,22 @@ warning: p11gate dropped 5 audit records: the trail is incomplete
 
     #[test]
     fn usage_errors_return_2_with_usage_on_stderr() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--bogus"], "unknown option --bogus"),
+            (
+                &["--key", "pkcs11:object=a b"],
+                "--key: invalid PKCS#11 URI at character 16: in object: ' ' must be \
+                 percent-encoded as %20",
+            ),
+            (
+                &["--key", "pkcs11:objct=a"],
+                "--key: path attribute objct is not one p11gate knows (did you mean object?)",
+            ),
+            (
+                &["--key", "pkcs11:object=a;serial=1"],
+                "--key: audit records name a key by token, object, type and id; they do not say \
+                 its serial",
+            ),
             (&["-x"], "unknown option -x"),
             (&["--app"], "--app needs a value"),
             (
@@ -2233,6 +2392,121 @@ warning: p11gate dropped 5 audit records: the trail is incomplete
                 generated.as_secs_f64()
             );
         }
+    }
+
+    /// Records whose keys carry URIs: two tokens have a key labelled vault-key; an older record
+    /// has only a label and an id.
+    const WITH_URIS: &str = concat!(
+        r#"{"event":"call","time":"2026-11-28T23:00:00Z","host":"h","pid":1,"rec":1,"app":"a","fn":"C_Encrypt","rv":"CKR_OK","token":"vault a","key":2,"key_label":"vault-key","key_class":"CKO_SECRET_KEY","key_uri":"pkcs11:token=vault%20a;object=vault-key;type=secret-key"}"#,
+        "\n",
+        r#"{"event":"call","time":"2026-11-28T23:00:01Z","host":"h","pid":1,"rec":2,"app":"a","fn":"C_Decrypt","rv":"CKR_OK","token":"vault a","key":2,"key_label":"vault-key","key_id":"0102","key_class":"CKO_SECRET_KEY","key_uri":"pkcs11:token=vault%20a;object=vault-key;type=secret-key;id=%01%02"}"#,
+        "\n",
+        r#"{"event":"call","time":"2026-11-28T23:00:02Z","host":"h","pid":1,"rec":3,"app":"a","fn":"C_Encrypt","rv":"CKR_OK","token":"vault-b","key":7,"key_label":"vault-key","key_uri":"pkcs11:token=vault-b;object=vault-key"}"#,
+        "\n",
+        r#"{"event":"call","time":"2026-11-28T23:00:03Z","host":"h","pid":1,"rec":4,"app":"a","fn":"C_GenerateKey","rv":"CKR_OK","object":9,"object_label":"other","object_id":"0102","object_uri":"pkcs11:token=vault-b;object=other;id=%01%02"}"#,
+        "\n",
+        r#"{"event":"call","time":"2026-11-28T23:00:04Z","host":"h","pid":1,"rec":5,"app":"a","fn":"C_Sign","rv":"CKR_OK","key":4,"key_label":"old","key_id":"0a"}"#,
+        "\n",
+    );
+
+    #[test]
+    fn key_rows_show_the_fullest_uri_and_a_uri_selects_keys() {
+        let v = json_of(WITH_URIS, &[]);
+        let uris: Vec<(String, Option<String>)> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap().to_string(),
+                    k.get("uri").map(|u| u.as_str().unwrap().to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            uris,
+            vec![
+                (
+                    t("a/vault-key"),
+                    Some(t(
+                        "pkcs11:token=vault%20a;object=vault-key;type=secret-key;id=%01%02"
+                    ))
+                ),
+                (t("a/old"), None),
+                (
+                    t("a/other"),
+                    Some(t("pkcs11:token=vault-b;object=other;id=%01%02"))
+                ),
+            ]
+        );
+        // The syslog form of the same records gives the same summary.
+        let syslog: String = WITH_URIS
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let mut kv = String::from("<86>1 - h p11gate 1 audit - ");
+                // event= comes first, as p11gate writes it.
+                let mut fields: Vec<(&String, &Value)> = v.as_object().unwrap().iter().collect();
+                fields.sort_by_key(|(k, _)| *k != "event");
+                for (i, (k, x)) in fields.into_iter().enumerate() {
+                    let text = match x {
+                        Value::String(s) if s.contains([' ', '=']) => format!("{s:?}"),
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    kv.push_str(&format!("{}{k}={text}", if i > 0 { " " } else { "" }));
+                }
+                kv + "\n"
+            })
+            .collect();
+        assert_eq!(json_of(&syslog, &[]), v);
+        let (code, out, _) = run_on(WITH_URIS, &[]);
+        assert_eq!(code, 0);
+        let keys: Vec<&str> = out.lines().skip_while(|l| *l != "keys").take(5).collect();
+        assert_eq!(
+            keys,
+            [
+                "keys",
+                "  app/key      calls  errors  refusals  first                        last                         uri",
+                "  a/vault-key      3       0         0  2026-11-28T23:00:00.000000Z  2026-11-28T23:00:02.000000Z  pkcs11:token=vault%20a;object=vault-key;type=secret-key;id=%01%02",
+                "  a/old            1       0         0  2026-11-28T23:00:04.000000Z  2026-11-28T23:00:04.000000Z  -",
+                "  a/other          1       0         0  2026-11-28T23:00:03.000000Z  2026-11-28T23:00:03.000000Z  pkcs11:token=vault-b;object=other;id=%01%02",
+            ]
+        );
+        // --key with a URI: every attribute it gives must match the record's key.
+        let cases: [(&str, &[u64]); 9] = [
+            ("pkcs11:object=vault-key", &[1, 2, 3]),
+            ("pkcs11:token=vault%20a;object=vault-key", &[1, 2]),
+            ("pkcs11:token=vault-b", &[3, 4]),
+            ("pkcs11:id=%01%02", &[2, 4]),
+            ("pkcs11:type=secret-key", &[1, 2]),
+            // Without a key_uri, a record is known by its label and id only.
+            ("pkcs11:object=old;id=%0A", &[5]),
+            ("pkcs11:object=old;type=secret-key", &[]),
+            ("pkcs11:object=vault-key;id=%01", &[]),
+            ("pkcs11:", &[1, 2, 3, 4, 5]),
+        ];
+        for (uri, recs) in cases {
+            let v = json_of(WITH_URIS, &["--key", uri]);
+            assert_eq!(v["calls"], recs.len() as u64, "--key {uri}");
+            let (_, out, _) = run_on(WITH_URIS, &["--key", uri]);
+            assert!(
+                out.contains(&format!("calls {}", recs.len())),
+                "--key {uri}: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forged_uri_cannot_forge_output() {
+        let line = r#"x p11gate: event=call time=2026-11-28T23:00:00Z host=h pid=1 rec=1 app=a fn=C_Sign rv=CKR_OK key_label=k key_uri="pkcs11:object=k\x0a  forged 9 9\x1b[2J""#;
+        let (code, out, _) = run_on(line, &[]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("  pkcs11:object=k\\x0a  forged 9 9\\x1b[2J\n"),
+            "{out}"
+        );
+        assert!(!out.contains('\x1b'), "{out:?}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The slots one app may use, and how each finds its token on its upstream.
 //!
-//! A mapped slot has a fixed virtual id from the configuration and a target: a token label,
-//! a token serial, or an upstream slot id. Labels and serials are looked up on the upstream
-//! (`C_GetSlotList` + `C_GetTokenInfo`) when first needed and again on each `C_GetSlotList`
-//! and `C_OpenSession`, so a token that SoftHSMv2 renumbered, or an HSM that came back, is
-//! found; the virtual id never changes.
+//! A mapped slot has a fixed virtual id from the configuration and a target: a PKCS#11 URI
+//! (RFC 7512) of token and slot attributes, all of which must match (a `token_label` L is
+//! `pkcs11:token=L`, a `token_serial` S `pkcs11:serial=S`), or an upstream slot id. URIs are
+//! looked up on the upstream (`C_GetSlotList` + `C_GetTokenInfo`, and `C_GetSlotInfo` when the
+//! URI has slot attributes) when first needed and again on each `C_GetSlotList` and
+//! `C_OpenSession`, so a token that SoftHSMv2 renumbered, or an HSM that came back, is found;
+//! the virtual id never changes.
 //!
 //! Without `[[slot]]` entries there is one passthrough entry: the upstream's own slot ids,
 //! unchanged.
@@ -21,6 +23,7 @@ use crate::credentials::{Credential, CredentialSource};
 use crate::error::Result;
 use crate::ffi::args::OutBuf;
 use crate::policy::SlotPolicy;
+use crate::uri::{Attr, Pkcs11Uri};
 
 /// One slot the app may use.
 #[derive(Debug)]
@@ -86,10 +89,10 @@ impl SlotEntry {
             return Some(l.clone());
         }
         drop(labels);
-        match &self.target {
-            Some(TokenTarget::Label(l)) => Some(l.as_str().into()),
-            _ => None,
-        }
+        self.target
+            .as_ref()
+            .and_then(TokenTarget::label)
+            .map(Into::into)
     }
 
     /// Notes the label of the token behind the application's slot `id` (from token info).
@@ -148,18 +151,12 @@ impl SlotEntry {
     /// Asks the upstream where the token is now (no lock is held while it answers); for a fixed
     /// upstream slot, whether it has a token.
     pub fn find(&self, backend: &dyn Backend) -> Option<CK_SLOT_ID> {
-        let found = match &self.target {
-            None => return None,
+        let found = match self.target.as_ref()? {
             // A fixed upstream slot: there when the upstream lists it with a token.
-            Some(TokenTarget::Slot(id)) => {
+            TokenTarget::Slot(id) => {
                 return slot_ids(backend, true).ok()?.contains(id).then_some(*id)
             }
-            Some(TokenTarget::Label(label)) => {
-                find_token(backend, |t| trimmed(&t.label) == label.as_bytes())
-            }
-            Some(TokenTarget::Serial(serial)) => {
-                find_token(backend, |t| trimmed(&t.serialNumber) == serial.as_bytes())
-            }
+            target => find_token(backend, &target.uri()?),
         }
         .map(|(slot, info)| {
             self.learn_token_label(self.id, &info);
@@ -189,16 +186,34 @@ fn trimmed(field: &[u8]) -> &[u8] {
     &field[..end]
 }
 
-/// The first slot with a token whose info matches.
-fn find_token(
-    backend: &dyn Backend,
-    matches: impl Fn(&CK_TOKEN_INFO) -> bool,
-) -> Option<(CK_SLOT_ID, CK_TOKEN_INFO)> {
+/// The first slot with a token that `uri` matches, with its token info.
+pub fn find_token(backend: &dyn Backend, uri: &Pkcs11Uri) -> Option<(CK_SLOT_ID, CK_TOKEN_INFO)> {
     let slots = slot_ids(backend, true).ok()?;
-    slots.into_iter().find_map(|slot| {
-        let mut info = CK_TOKEN_INFO::default();
-        (backend.token_info(slot, &mut info).is_ok() && matches(&info)).then_some((slot, info))
-    })
+    slots
+        .into_iter()
+        .find_map(|slot| token_matching(backend, slot, uri).map(|info| (slot, info)))
+}
+
+/// The token info of `slot` when `uri` matches the slot and its token. Slot info is asked for
+/// only when the URI has slot attributes that need it.
+pub fn token_matching(
+    backend: &dyn Backend,
+    slot: CK_SLOT_ID,
+    uri: &Pkcs11Uri,
+) -> Option<CK_TOKEN_INFO> {
+    let needs_slot_info =
+        uri.get(Attr::SlotDescription).is_some() || uri.get(Attr::SlotManufacturer).is_some();
+    let slot_matches = if needs_slot_info {
+        let mut info = CK_SLOT_INFO::default();
+        backend.slot_info(slot, &mut info).is_ok() && uri.matches_slot(slot, &info)
+    } else {
+        uri.slot_id().is_none_or(|id| id == slot)
+    };
+    if !slot_matches {
+        return None;
+    }
+    let mut info = CK_TOKEN_INFO::default();
+    (backend.token_info(slot, &mut info).is_ok() && uri.matches_token(&info)).then_some(info)
 }
 
 /// The backend's slot list, by the two-call convention.

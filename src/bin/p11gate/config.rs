@@ -42,12 +42,13 @@ file as written.
   soft_token_slots  [{slot, dir}] of the built-in soft token (backend soft_token)
   apps      [{name, default_app, slots}], where each slot is
             {id, upstream, module, target, present, upstream_slot, mechanisms,
-             mechanisms_error, pin_mapped, require_non_extractable, read_only}:
+             mechanisms_error, pin_mapped, require_non_extractable, read_only, tokens}:
             module is the upstream's library path or \"soft token in DIR\"; target is
-            {token_label|token_serial|upstream_slot: value} (null when an upstream's slots
-            pass through unmapped); present says whether the token was found, upstream_slot
-            where; mechanisms is {allowed, filtered: [CKM names]} or null, with
-            mechanisms_error saying why";
+            {token_label|token_serial|token_uri|upstream_slot: value} (null when an
+            upstream's slots pass through unmapped); present says whether the token was
+            found, upstream_slot where; mechanisms is {allowed, filtered: [CKM names]} or
+            null, with mechanisms_error saying why; tokens (only for a token_uri that matches
+            nothing) lists the upstream's tokens as URIs";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -112,6 +113,10 @@ struct SlotReport {
     pin_mapped: bool,
     require_non_extractable: bool,
     read_only: bool,
+    /// For a URI target that matches no token: the upstream's tokens as URIs (with slot-id),
+    /// so that the one meant can be told apart or copied. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +124,7 @@ struct SlotReport {
 enum Target {
     TokenLabel(String),
     TokenSerial(String),
+    TokenUri(String),
     UpstreamSlot(CK_SLOT_ID),
 }
 
@@ -249,6 +255,7 @@ fn gather_apps(
                     pin_mapped: false,
                     require_non_extractable: false,
                     read_only: false,
+                    tokens: None,
                 });
             }
             continue;
@@ -273,6 +280,15 @@ fn gather_apps(
                 Some(real) => mechanisms(backend, real, &policy.mechanisms),
                 None => (None, Some("token not present".to_string())),
             };
+            let tokens = match (&found, &target) {
+                (None, TokenTarget::Uri(_)) => Some(
+                    crate::token::token_uris(backend)
+                        .into_iter()
+                        .map(|(_, uri)| uri)
+                        .collect(),
+                ),
+                _ => None,
+            };
             entry.slots.push(SlotReport {
                 id: slot.id.get_ref().0,
                 upstream: slot.upstream.get_ref().clone(),
@@ -280,6 +296,7 @@ fn gather_apps(
                 target: Some(match target {
                     TokenTarget::Label(l) => Target::TokenLabel(l),
                     TokenTarget::Serial(s) => Target::TokenSerial(s),
+                    TokenTarget::Uri(u) => Target::TokenUri(u.path_only()),
                     TokenTarget::Slot(n) => Target::UpstreamSlot(n),
                 }),
                 present: found.is_some(),
@@ -289,6 +306,7 @@ fn gather_apps(
                 pin_mapped: slot.credential_source().is_some(),
                 require_non_extractable: policy.require_non_extractable,
                 read_only: policy.read_only,
+                tokens,
             });
         }
     }
@@ -375,15 +393,17 @@ fn write_text(report: &Report, path: &Path, out: &mut dyn Write) -> io::Result<(
         }
         for s in &app.slots {
             let target = match &s.target {
-                Some(Target::TokenLabel(l)) => TokenTarget::Label(l.clone()),
-                Some(Target::TokenSerial(t)) => TokenTarget::Serial(t.clone()),
-                Some(Target::UpstreamSlot(n)) => TokenTarget::Slot(*n),
-                None => TokenTarget::Slot(s.id),
+                Some(Target::TokenLabel(l)) => format!("{}", TokenTarget::Label(l.clone())),
+                Some(Target::TokenSerial(t)) => format!("{}", TokenTarget::Serial(t.clone())),
+                Some(Target::TokenUri(u)) => format!("token {u}"),
+                Some(Target::UpstreamSlot(n)) => format!("{}", TokenTarget::Slot(*n)),
+                None => format!("{}", TokenTarget::Slot(s.id)),
             };
-            let found = match (s.upstream_slot, &target) {
-                (None, _) => "not present".to_string(),
-                (Some(_), TokenTarget::Slot(_)) => "token present".to_string(),
-                (Some(id), _) => format!("upstream slot {id:#x}"),
+            let fixed_slot = matches!(s.target, Some(Target::UpstreamSlot(_)) | None);
+            let found = match s.upstream_slot {
+                None => "not present".to_string(),
+                Some(_) if fixed_slot => "token present".to_string(),
+                Some(id) => format!("upstream slot {id:#x}"),
             };
             writeln!(
                 out,
@@ -392,6 +412,20 @@ fn write_text(report: &Report, path: &Path, out: &mut dyn Write) -> io::Result<(
             )?;
             write!(out, "    ")?;
             write_mechanisms(s, out)?;
+            match s.tokens.as_deref() {
+                Some([]) => writeln!(
+                    out,
+                    "    no token matches; upstream {:?} has none",
+                    s.upstream
+                )?,
+                Some(tokens) => {
+                    writeln!(out, "    no token matches; upstream {:?} has:", s.upstream)?;
+                    for uri in tokens {
+                        writeln!(out, "      {uri}")?;
+                    }
+                }
+                None => {}
+            }
             let mut notes = Vec::new();
             if s.pin_mapped {
                 notes.push("p11gate holds the upstream credential (PIN mapped)");
