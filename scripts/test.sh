@@ -57,6 +57,9 @@ need_program rsyslogd rsyslog
 need_program openssl openssl
 need_program python3 python3
 need_program groff groff-base
+need_program p11-kit p11-kit
+need_program p11tool gnutls-bin
+need_program dpkg-shlibdeps dpkg-dev
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Deduplicate (softhsm2 may be listed twice).
@@ -71,10 +74,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 
+# cargo-deb builds the Debian package in tests/install.rs (from crates.io, pinned; about a
+# minute to build on two cores).
+if ! cargo deb --version >/dev/null 2>&1; then
+    step "Installing cargo-deb"
+    run cargo install cargo-deb --locked --version 3.8.0
+fi
+
 step "Versions"
 run cargo --version
+run cargo deb --version
 run rustc --version
-dpkg-query -W -f='  ${Package} ${Version}\n' softhsm2 opensc 2>/dev/null || true
+dpkg-query -W -f='  ${Package} ${Version}\n' softhsm2 opensc p11-kit gnutls-bin 2>/dev/null || true
 
 step "Formatting"
 run cargo fmt --all -- --check
