@@ -1017,7 +1017,8 @@ fn init_token(cli: &str, home: &Path, label: &str) {
     assert_eq!(
         text(&out.stdout),
         format!(
-            "slot 0: token \"{label}\" initialised in {}/share/p11gate/token0\n",
+            "slot 0: token \"{label}\" initialised in {}/share/p11gate/token0\n  \
+             pkcs11:token={label};manufacturer=p11gate;serial=0000000000000000;model=soft%20token\n",
             home.display()
         )
     );
