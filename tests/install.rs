@@ -667,7 +667,8 @@ fn prefix_sysconfdir_and_group_from_the_environment_and_options() {
         }
     }
     let module_file = fs::read_to_string(d.join("srv/p11-kit/p11gate.module")).unwrap();
-    assert!(module_file.ends_with("\nmodule: /opt/p11/lib/p11gate/libp11gate.so\n"));
+    assert!(module_file
+        .ends_with("\nmodule: /opt/p11/lib/p11gate/libp11gate.so\nenable-in: p11-kit, p11tool\n"));
     ok("install.sh --uninstall", uninstall(Some(d), &env));
     assert_eq!(tree(d), Vec::<String>::new());
 
@@ -1191,12 +1192,17 @@ fn system_install_is_seen_by_p11_kit_p11tool_and_pkcs11_tool_then_uninstall_remo
     assert_eq!(md.permissions().mode() & 0o777, 0o640);
     let conf_dir = fs::metadata("/etc/p11gate").unwrap();
     assert_eq!(conf_dir.permissions().mode() & 0o777, 0o750);
+    let module_file = fs::read_to_string("/etc/pkcs11/modules/p11gate.module").unwrap();
+    let settings: Vec<&str> = module_file
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
     assert_eq!(
-        fs::read_to_string("/etc/pkcs11/modules/p11gate.module")
-            .unwrap()
-            .lines()
-            .last(),
-        Some(format!("module: {lib}").as_str())
+        settings,
+        [
+            format!("module: {lib}").as_str(),
+            "enable-in: p11-kit, p11tool"
+        ]
     );
 
     // With no P11GATE_CONFIG the module reads the installed /etc/p11gate/p11gate.toml.
