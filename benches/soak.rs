@@ -257,6 +257,9 @@ pub struct Sample {
     /// Seconds since the workers started.
     pub at: f64,
     pub rss_kib: u64,
+    /// Bytes malloc has handed out and not had back (all arenas, mmapped blocks included), in
+    /// KiB: what the process holds, as opposed to what the allocator keeps resident.
+    pub heap_kib: u64,
     pub fds: u64,
 }
 
@@ -340,6 +343,14 @@ impl Report {
         growth_pct(self.start().rss_kib, self.end().rss_kib)
     }
 
+    pub fn heap_growth_kib(&self) -> i64 {
+        self.end().heap_kib as i64 - self.start().heap_kib as i64
+    }
+
+    pub fn heap_growth_pct(&self) -> f64 {
+        growth_pct(self.start().heap_kib, self.end().heap_kib)
+    }
+
     pub fn fd_growth_pct(&self) -> f64 {
         growth_pct(self.start().fds, self.end().fds)
     }
@@ -400,14 +411,16 @@ impl Report {
             ("end", self.end()),
         ] {
             println!(
-                "{name:<5} t={:>7.1}s VmRSS {:>8} KiB, open fds {:>4}",
-                s.at, s.rss_kib, s.fds
+                "{name:<5} t={:>7.1}s VmRSS {:>8} KiB, heap in use {:>8} KiB, open fds {:>4}",
+                s.at, s.rss_kib, s.heap_kib, s.fds
             );
         }
         println!(
-            "growth: RSS {:+} KiB ({:+.3}%), fds {:+} ({:+.3}%)",
+            "growth: RSS {:+} KiB ({:+.3}%), heap in use {:+} KiB ({:+.3}%), fds {:+} ({:+.3}%)",
             self.rss_growth_kib(),
             self.rss_growth_pct(),
+            self.heap_growth_kib(),
+            self.heap_growth_pct(),
             self.end().fds as i64 - self.start().fds as i64,
             self.fd_growth_pct()
         );
@@ -466,13 +479,18 @@ impl Report {
         }
         let (s, m, e) = (self.start(), self.mid(), self.end());
         line += &format!(
-            " errors={} rss_start_kib={} rss_mid_kib={} rss_end_kib={} rss_growth_kib={} rss_growth_pct={:.3} fds_start={} fds_mid={} fds_end={}",
+            " errors={} rss_start_kib={} rss_mid_kib={} rss_end_kib={} rss_growth_kib={} rss_growth_pct={:.3} heap_start_kib={} heap_mid_kib={} heap_end_kib={} heap_growth_kib={} heap_growth_pct={:.3} fds_start={} fds_mid={} fds_end={}",
             self.total_errors(),
             s.rss_kib,
             m.rss_kib,
             e.rss_kib,
             self.rss_growth_kib(),
             self.rss_growth_pct(),
+            s.heap_kib,
+            m.heap_kib,
+            e.heap_kib,
+            self.heap_growth_kib(),
+            self.heap_growth_pct(),
             s.fds,
             m.fds,
             e.fds
@@ -510,6 +528,16 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Heap in use (malloc's `uordblks + hblkhd`, summed over every arena by glibc's `mallinfo2`),
+/// in KiB. RSS can grow while this stays flat: freed memory the allocator keeps in 32 threads'
+/// arenas. This tells a leak (it grows) from allocator fragmentation (it does not).
+pub fn heap_in_use_kib() -> u64 {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics (taking
+    // each arena's lock); it is safe to call from any thread.
+    let m = unsafe { libc::mallinfo2() };
+    ((m.uordblks + m.hblkhd) / 1024) as u64
 }
 
 /// Open descriptors of this process (the listing's own descriptor not counted).
@@ -1306,10 +1334,14 @@ pub fn run(config: &Config) -> Result<Report, String> {
             while control.parked.load(Ordering::Acquire) < config.threads {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            // Let the audit writer drain its queue: records waiting there are heap in use
+            // (up to ~1 MiB at 32 threads), which would make the heap figure jump around.
+            std::thread::sleep(Duration::from_millis(200));
             let s = Sample {
                 label: label.to_string(),
                 at: t0.elapsed().as_secs_f64(),
                 rss_kib: rss_kib(),
+                heap_kib: heap_in_use_kib(),
                 fds: open_fds(),
             };
             let counts = totals(&counters);
@@ -1343,11 +1375,13 @@ pub fn run(config: &Config) -> Result<Report, String> {
             let ops: u64 = counts.0.iter().sum();
             let errs: u64 = counts.1.iter().sum();
             println!(
-                "[{b}] t={:>6.1}s {:>9.1} ops/s, errors {errs}, VmRSS {} KiB ({:+.3}%), fds {} ({:+})",
+                "[{b}] t={:>6.1}s {:>9.1} ops/s, errors {errs}, VmRSS {} KiB ({:+.3}%), heap {} KiB ({:+.3}%), fds {} ({:+})",
                 s.at,
                 (ops - last_ops) as f64 / (s.at - last_at),
                 s.rss_kib,
                 growth_pct(samples[0].rss_kib, s.rss_kib),
+                s.heap_kib,
+                growth_pct(samples[0].heap_kib, s.heap_kib),
                 s.fds,
                 s.fds as i64 - samples[0].fds as i64
             );
