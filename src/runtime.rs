@@ -13,7 +13,8 @@
 //! from "not initialised" to "busy" to "runtime N" with compare-and-swap. After `fork()` the
 //! child's hook bumps the fork generation and stores "not initialised" (atomic stores, safe in
 //! a fork handler), so the child gets `CKR_CRYPTOKI_NOT_INITIALIZED` until it initialises
-//! again.
+//! again. The fork itself waits until no call is inside p11gate (`ffi::fork_gate`), so the
+//! child inherits no lock held by a thread that does not exist there.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
@@ -135,7 +136,7 @@ fn start(args: InitArgs) -> Result<usize> {
                 let _ = earlier.finalize();
             }
             audit_lifecycle(rt, Event::Call, "C_Initialize", started, e.rv(), None);
-            pipeline::stop();
+            stop_audit();
             return Err(e);
         }
     }
@@ -152,7 +153,7 @@ fn start(args: InitArgs) -> Result<usize> {
             e.rv(),
             Some(e.to_string()),
         );
-        pipeline::stop();
+        stop_audit();
         return Err(e);
     }
     rt.router.watch_upstreams(threads_allowed);
@@ -329,11 +330,17 @@ pub fn finalize() -> Result<()> {
     }
     let rv = result.as_ref().map_or_else(Error::rv, |_| CKR_OK);
     audit_lifecycle(rt, Event::Finalize, "C_Finalize", started, rv, None);
-    pipeline::stop();
+    stop_audit();
     rt.audit.keys.clear();
     STATE.store(NOT_INITIALIZED, Ordering::Release);
     log::info!("finalised");
     result
+}
+
+/// Stops the audit writer, waiting for it outside the fork gate: the writer may itself be
+/// waiting at the gate for a fork that waits for this call.
+fn stop_audit() {
+    crate::ffi::fork_gate::outside(pipeline::stop);
 }
 
 /// Operations still open in the sessions `C_Finalize` closed are written, ended by it.

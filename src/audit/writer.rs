@@ -14,6 +14,7 @@ use super::pipeline::{Pipeline, DRAIN_TIMEOUT};
 use super::record::{now_us, Event, Record};
 use super::syslog::SyslogSink;
 use crate::config::AuditConfig;
+use crate::ffi::fork_gate;
 
 const BUSY_POLL: Duration = Duration::from_millis(2);
 const IDLE_POLLS: u32 = 25;
@@ -157,6 +158,9 @@ impl Writer {
     pub(super) fn run(mut self, p: &'static Pipeline) {
         let mut idle = 0u32;
         loop {
+            // Inside the fork gate while working (the logger's and the key cache's locks may be
+            // held), outside while parked: see ffi::fork_gate.
+            let pass = fork_gate::enter();
             let worked = self.pump(p);
             if p.stop.load(Acquire) {
                 self.drain(p, Instant::now() + DRAIN_TIMEOUT);
@@ -168,17 +172,20 @@ impl Writer {
             }
             idle += 1;
             if idle < IDLE_POLLS || self.is_down() {
+                drop(pass);
                 // Busy, or retrying a sink: poll without making callers wake us.
                 std::thread::park_timeout(if self.is_down() { RETRY_MIN } else { BUSY_POLL });
                 continue;
             }
             self.sync_file();
+            drop(pass);
             p.sleeping.store(true, SeqCst);
             if p.queue.is_empty() && !p.stop.load(SeqCst) {
                 std::thread::park_timeout(IDLE_WAIT);
             }
             p.sleeping.store(false, SeqCst);
             if let Some(l) = &mut self.syslog {
+                let _pass = fork_gate::enter();
                 l.sink.trim();
             }
         }

@@ -9,14 +9,17 @@
 //! name. The argument text comes from a closure each function supplies, which lists handles,
 //! flags, lengths and mechanism names, and never a PIN or buffer contents; it only runs when
 //! trace is on, so the hot path pays one relaxed load for it.
+//!
+//! Every call also passes the fork gate ([`fork_gate`]), from before the runtime is looked up
+//! until after the trace line: a `fork()` waits until no call is inside.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
 
 use pkcs11_sys::*;
 
 use crate::audit::Call;
 use crate::error::{Error, Result};
+use crate::ffi::fork_gate;
 use crate::names::{mechanism_name, rv_name};
 use crate::runtime::{self, Runtime};
 
@@ -27,6 +30,23 @@ pub fn guarded(
     args: impl FnOnce() -> String,
     body: impl FnOnce(&'static Runtime) -> Result<()>,
 ) -> CK_RV {
+    let _pass = fork_gate::enter();
+    let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
+    finish(name, args, result)
+}
+
+/// Like [`guarded`], for a call that may wait indefinitely when `blocks` is true
+/// (`C_WaitForSlotEvent` without `CKF_DONT_BLOCK`): such a call does not hold up `fork()`.
+#[inline(always)]
+pub fn guarded_may_block(
+    blocks: bool,
+    name: &'static str,
+    args: impl FnOnce() -> String,
+    body: impl FnOnce(&'static Runtime) -> Result<()>,
+) -> CK_RV {
+    if !blocks {
+        return guarded(name, args, body);
+    }
     let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
     finish(name, args, result)
 }
@@ -41,6 +61,7 @@ pub fn audited(
     args: impl FnOnce() -> String,
     body: impl FnOnce(&'static Runtime, &mut Call) -> Result<()>,
 ) -> CK_RV {
+    let _pass = fork_gate::enter();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let rt = runtime::current()?;
         let mut call = Call::start(name, rt)?;
@@ -59,6 +80,7 @@ pub fn guarded_uninit(
     args: impl FnOnce() -> String,
     body: impl FnOnce() -> Result<()>,
 ) -> CK_RV {
+    let _pass = fork_gate::enter();
     let result = catch_unwind(AssertUnwindSafe(body));
     finish(name, args, result)
 }
@@ -97,24 +119,11 @@ fn panicked(name: &'static str, payload: Box<dyn std::any::Any + Send>) -> CK_RV
     Error::Panic.rv()
 }
 
-/// Registers the fork handler, once per process. Called lazily from `C_GetFunctionList`,
-/// `C_GetInterface*` and `C_Initialize`: p11gate has no global constructors.
+/// Registers the fork handlers, once per process (see [`fork_gate::install`]). Called lazily
+/// from `C_GetFunctionList`, `C_GetInterface*` and `C_Initialize`: p11gate has no global
+/// constructors.
 pub fn install_fork_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a child handler that only performs an atomic store; no prepare or
-        // parent handlers. pthread_atfork has no other preconditions.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
-        if rc != 0 {
-            log::warn!(
-                "pthread_atfork failed ({rc}): a forked child would not be told to re-initialise"
-            );
-        }
-    });
-}
-
-extern "C" fn atfork_child() {
-    runtime::forked_child();
+    fork_gate::install();
 }
 
 /// Formats a mechanism argument for a trace line.

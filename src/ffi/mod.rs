@@ -6,13 +6,15 @@
 //! - [`owned`]: arguments p11gate makes itself, as a client (`p11gate doctor`).
 //! - [`tables`]: p11gate's own static function lists and interfaces.
 //! - [`fns`]: the exported functions, one file per chapter of the spec.
+//! - [`fork_gate`]: `fork()` waits until no call is inside p11gate.
 //! - [`mutex`]: fork-aware mutex callbacks p11gate gives its upstreams.
 //! - [`terminal`]: reading a PIN without echo, for the `p11gate` command.
-//! - [`os`]: `SIOCOUTQ` and `atexit`, for the audit writer.
+//! - [`os`]: system calls std does not offer (`SIOCOUTQ`, `atexit`, futexes, `membarrier`).
 
 pub mod args;
 pub mod boundary;
 pub mod fns;
+pub mod fork_gate;
 pub mod mutex;
 pub mod os;
 pub mod owned;

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use pkcs11_sys::*;
 
+use crate::ffi::os::{futex_wait, futex_wake};
 use crate::runtime::fork_generation;
 
 const STATE: u32 = 3;
@@ -54,39 +55,13 @@ fn lock(word: &AtomicU32) {
         {
             continue;
         }
-        futex_wait(word, g | 2);
+        futex_wait(word, g | 2, None);
     }
 }
 
 fn unlock(word: &AtomicU32) {
     if word.swap(0, Ordering::Release) & STATE == 2 {
-        futex_wake(word);
-    }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT_PRIVATE reads the 32-bit word at a valid, live address and sleeps only
-    // while it still holds `expected`; no other memory is touched.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE_PRIVATE on a valid, live address wakes at most one waiter.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
+        futex_wake(word, 1);
     }
 }
 

@@ -1,6 +1,10 @@
-//! The few operating-system calls the audit writer needs that std does not offer.
+//! The few operating-system calls p11gate needs that std does not offer: for the audit writer
+//! (`SIOCOUTQ`, `sendmmsg`, `atexit`), and for the upstream mutexes and the fork gate (futexes,
+//! `membarrier`).
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 /// Bytes this socket has sent that the receiver has not read yet (`SIOCOUTQ`). For a Unix
 /// datagram socket the kernel charges each unread datagram to its sender, so this says how
@@ -57,4 +61,75 @@ pub fn send_many(socket: &impl AsRawFd, datagrams: &[Vec<u8>]) -> std::io::Resul
         return Err(std::io::Error::last_os_error());
     }
     Ok(sent as usize)
+}
+
+/// Sleeps while `word` holds `expected` (or until woken, or `timeout` passes; spurious wake-ups
+/// are possible: callers re-check their condition).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT_PRIVATE reads the 32-bit word at a valid, live address and sleeps only
+    // while it still holds `expected`; the timeout is NULL or a timespec that outlives the call.
+    // No other memory is touched.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+/// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE_PRIVATE on a valid, live address wakes at most `count` waiters and
+    // touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        );
+    }
+}
+
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` and its registration, from `<linux/membarrier.h>`.
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+/// Registers this process for [`membarrier`] (Linux 4.14 and later); `false` when the kernel
+/// (or a seccomp filter) does not offer it. The registration is inherited by `fork()`.
+pub fn membarrier_register() -> bool {
+    // SAFETY: membarrier takes two integers and a CPU id (unused here) and touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            0,
+            0,
+        ) == 0
+    }
+}
+
+/// Makes every other running thread of this process execute a full memory barrier before this
+/// returns: the expensive half of an asymmetric barrier whose cheap half is a compiler fence.
+/// Needs [`membarrier_register`] first; `false` if it failed.
+pub fn membarrier() -> bool {
+    // SAFETY: as in membarrier_register.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Registers the three `fork()` handlers (once per call: callers register once per process).
+pub fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) -> i32 {
+    // SAFETY: pthread_atfork stores the three function pointers; they are plain extern "C"
+    // functions of this library, which is linked -z nodelete and so is never unmapped.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) }
 }

@@ -1,23 +1,30 @@
 /*
- * fork.c - fork() while worker threads are running sessions on the module.
+ * fork.c - fork() again and again while worker threads are inside the module.
  *
- * usage: fork [-l LABEL] [-p PIN] MODULE.so        (PIN default: $P11_USER_PIN)
+ * usage: fork [-l LABEL] [-p PIN] [-n FORKS] MODULE.so     (PIN default: $P11_USER_PIN;
+ *                                                            FORKS default: 1)
  *
- * The parent initialises the module, logs in, and starts four threads that each loop over
- * C_GenerateRandom and a single-part AES-CBC-PAD C_EncryptInit/C_Encrypt on a session of their own.
- * While they run it forks; the workers are held between two calls for the moment of the fork.
- * A thread inside the upstream at that moment can hold the upstream's own locks: SoftHSMv2's
- * OpenSSL takes its RNG lock in RAND_bytes, a lock no PKCS#11 mutex callback governs, and the
- * child inherits it locked (a hang in roughly one run in twenty under load). Forking while calls
- * are in flight needs a fork barrier in p11gate (the reliability issue); this test checks what
- * the core promises: the child is not initialised until it calls C_Initialize, which then works. The child must see CKR_CRYPTOKI_NOT_INITIALIZED from every call (slot
- * list, open session, the parent's session handles) until it calls C_Initialize itself, which must
- * then work: it finds the token, opens a session, logs in, draws random bytes, encrypts and
- * decrypts, and finalises. The parent waits for the child, checks that its own threads kept working
- * during and after the fork and that none of their calls failed, and finalises.
+ * The parent initialises the module, logs in, makes session keys (AES, an HMAC secret, an EC P-256
+ * pair) and starts four threads that loop without pause, each on a session of its own, over
+ * C_GenerateRandom, AES-CBC-PAD C_Encrypt, HMAC-SHA256 C_Sign and C_Verify, SHA-256 C_Digest and
+ * ECDSA C_Sign, and every 16th round open a session, find the AES key by label and close it
+ * again. The main thread forks FORKS times, each time right after it saw a worker inside a call
+ * (the workers are never held: a call is in flight when fork() is called, and p11gate's fork
+ * gate must let it finish first; a thread left inside the module at the moment of the fork could
+ * hold a lock, p11gate's or the upstream's, such as SoftHSMv2's OpenSSL RNG lock, and the child
+ * would hang on it).
  *
- * Both processes print one line per check; each ends with "N passed, N failed" (the child's line
- * is prefixed "child:"). The exit status is 1 when any check, in either process, failed.
+ * Every child must see CKR_CRYPTOKI_NOT_INITIALIZED from every call (slot list, open session, the
+ * parent's session handles) until it calls C_Initialize itself, which must then work: it finds
+ * the token, opens a session, logs in, draws random bytes, encrypts and decrypts, and finalises,
+ * all within CHILD_TIMEOUT_SECONDS (an alarm kills a child that hangs). The parent waits for each
+ * child before the next fork, checks that its workers keep working after every fork and that none
+ * of their calls failed, and finalises.
+ *
+ * Both processes print one line per check; the first child and the parent print every check,
+ * later children and the parent's per-fork checks only failures. The parent ends with
+ * "N passed, N failed" and each child with "child: N passed, N failed". The exit status is 1 when
+ * any check, in either process, failed.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -38,25 +45,31 @@
 
 #define THREADS 4
 #define WARMUP_ITERATIONS 20
-#define CHILD_TIMEOUT_SECONDS 60
+/* Rounds every worker must complete after each fork before the next one. */
+#define PROGRESS_PER_FORK 2
+#define CHILD_TIMEOUT_SECONDS 30
 
 static unsigned passed, failed;
 static const char *prefix = "";
+/* Whether passing checks are printed (failures always are). */
+static int verbose = 1;
 
 static int check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int check(int ok, const char *fmt, ...)
 {
     va_list ap;
+    if (ok)
+        passed++;
+    else
+        failed++;
+    if (ok && !verbose)
+        return ok;
     printf("%s%s", prefix, ok ? "ok   - " : "FAIL - ");
     va_start(ap, fmt);
     vprintf(fmt, ap);
     va_end(ap);
     printf("\n");
     fflush(stdout);
-    if (ok)
-        passed++;
-    else
-        failed++;
     return ok;
 }
 
@@ -68,9 +81,11 @@ static const char *rv_name(CK_RV rv)
     case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
     case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
     case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
+    case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
     case CKR_OPERATION_ACTIVE: return "CKR_OPERATION_ACTIVE";
     case CKR_OPERATION_NOT_INITIALIZED: return "CKR_OPERATION_NOT_INITIALIZED";
     case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
+    case CKR_SIGNATURE_INVALID: return "CKR_SIGNATURE_INVALID";
     case CKR_USER_ALREADY_LOGGED_IN: return "CKR_USER_ALREADY_LOGGED_IN";
     case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
     case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
@@ -118,6 +133,8 @@ static int find_slot(CK_SLOT_ID *out)
     return 0;
 }
 
+static char aes_label[] = "fork-aes";
+
 static CK_RV make_aes_key(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *key)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -128,9 +145,46 @@ static CK_RV make_aes_key(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *key)
         {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
         {CKA_VALUE_LEN, &klen, sizeof klen}, {CKA_TOKEN, &no, sizeof no},
         {CKA_ENCRYPT, &yes, sizeof yes},   {CKA_DECRYPT, &yes, sizeof yes},
+        {CKA_LABEL, aes_label, sizeof aes_label - 1},
     };
     CK_MECHANISM keygen = {CKM_AES_KEY_GEN, NULL, 0};
     return F->C_GenerateKey(h, &keygen, tmpl, sizeof tmpl / sizeof tmpl[0], key);
+}
+
+static CK_RV make_hmac_key(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *key)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG klen = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_VALUE_LEN, &klen, sizeof klen}, {CKA_TOKEN, &no, sizeof no},
+        {CKA_SIGN, &yes, sizeof yes},      {CKA_VERIFY, &yes, sizeof yes},
+    };
+    CK_MECHANISM keygen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    return F->C_GenerateKey(h, &keygen, tmpl, sizeof tmpl / sizeof tmpl[0], key);
+}
+
+static CK_RV make_ec_pair(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+    /* DER of the OID 1.2.840.10045.3.1.7 (P-256). */
+    static CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE pub_tmpl[] = {
+        {CKA_TOKEN, &no, sizeof no},
+        {CKA_VERIFY, &yes, sizeof yes},
+        {CKA_EC_PARAMS, p256, sizeof p256},
+    };
+    CK_ATTRIBUTE priv_tmpl[] = {
+        {CKA_TOKEN, &no, sizeof no},
+        {CKA_SIGN, &yes, sizeof yes},
+        {CKA_PRIVATE, &yes, sizeof yes},
+        {CKA_SENSITIVE, &yes, sizeof yes},
+    };
+    CK_MECHANISM keygen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    return F->C_GenerateKeyPair(h, &keygen, pub_tmpl, sizeof pub_tmpl / sizeof pub_tmpl[0],
+                                priv_tmpl, sizeof priv_tmpl / sizeof priv_tmpl[0], pub, priv);
 }
 
 static CK_BYTE iv[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
@@ -142,9 +196,10 @@ static const CK_BYTE plain[40] = "fork test plaintext, forty bytes long...";
 
 struct worker {
     pthread_t tid;
-    int idx;
+    CK_SLOT_ID slot;
     CK_SESSION_HANDLE h;
-    CK_OBJECT_HANDLE key;
+    CK_OBJECT_HANDLE aes, hmac, ec;
+    atomic_int inside;        /* 1 from just before a call until just after it returns */
     atomic_ulong iterations;
     atomic_ulong failures;
     CK_RV first_rv;           /* written once, before failures is first incremented */
@@ -152,8 +207,6 @@ struct worker {
 };
 
 static atomic_int stop;
-/* The main thread asks the workers to wait between calls (pause) around fork(). */
-static atomic_int pause_requested, paused;
 
 static void record_failure(struct worker *w, const char *fn, CK_RV rv)
 {
@@ -164,34 +217,87 @@ static void record_failure(struct worker *w, const char *fn, CK_RV rv)
     atomic_fetch_add(&w->failures, 1);
 }
 
+/* Calls EXPR with the worker marked inside the module; a result other than CKR_OK is recorded. */
+#define CALL(w, name, expr)                                                                       \
+    ({                                                                                            \
+        atomic_store(&(w)->inside, 1);                                                            \
+        CK_RV rv_ = (expr);                                                                       \
+        atomic_store(&(w)->inside, 0);                                                            \
+        if (rv_ != CKR_OK)                                                                        \
+            record_failure((w), (name), rv_);                                                     \
+        rv_;                                                                                      \
+    })
+
+static void expect_length(struct worker *w, const char *what, CK_ULONG got, CK_ULONG want)
+{
+    if (got != want)
+        record_failure(w, what, CKR_GENERAL_ERROR);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof iv};
-    CK_BYTE rnd[16], ct[64];
-    CK_ULONG ctlen;
-    CK_RV rv;
+    CK_MECHANISM hmac = {CKM_SHA256_HMAC, NULL, 0};
+    CK_MECHANISM sha256 = {CKM_SHA256, NULL, 0};
+    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
+    CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+    CK_ATTRIBUTE find_tmpl[] = {
+        {CKA_CLASS, &secret, sizeof secret},
+        {CKA_LABEL, aes_label, sizeof aes_label - 1},
+    };
+    CK_BYTE rnd[16], ct[64], mac[32], digest[32], sig[64];
+    CK_ULONG len;
+    CK_SESSION_HANDLE other;
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG nfound;
 
-    while (!atomic_load(&stop)) {
-        if (atomic_load(&pause_requested)) {
-            atomic_fetch_add(&paused, 1);
-            while (atomic_load(&pause_requested) && !atomic_load(&stop))
-                sched_yield();
-            atomic_fetch_sub(&paused, 1);
+    for (unsigned long round = 0; !atomic_load(&stop); round++) {
+        CALL(w, "C_GenerateRandom", F->C_GenerateRandom(w->h, rnd, sizeof rnd));
+
+        if (CALL(w, "C_EncryptInit", F->C_EncryptInit(w->h, &cbc, w->aes)) == CKR_OK) {
+            len = sizeof ct;
+            if (CALL(w, "C_Encrypt", F->C_Encrypt(w->h, (CK_BYTE_PTR)plain, sizeof plain, ct,
+                                                  &len)) == CKR_OK)
+                expect_length(w, "C_Encrypt (length)", len, 48);
         }
-        rv = F->C_GenerateRandom(w->h, rnd, sizeof rnd);
-        if (rv != CKR_OK)
-            record_failure(w, "C_GenerateRandom", rv);
-        rv = F->C_EncryptInit(w->h, &cbc, w->key);
-        if (rv != CKR_OK) {
-            record_failure(w, "C_EncryptInit", rv);
-        } else {
-            ctlen = sizeof ct;
-            rv = F->C_Encrypt(w->h, (CK_BYTE_PTR)plain, sizeof plain, ct, &ctlen);
-            if (rv != CKR_OK)
-                record_failure(w, "C_Encrypt", rv);
-            else if (ctlen != 48)
-                record_failure(w, "C_Encrypt (length)", CKR_GENERAL_ERROR);
+
+        if (CALL(w, "C_SignInit(HMAC)", F->C_SignInit(w->h, &hmac, w->hmac)) == CKR_OK) {
+            len = sizeof mac;
+            if (CALL(w, "C_Sign(HMAC)", F->C_Sign(w->h, (CK_BYTE_PTR)plain, sizeof plain, mac,
+                                                  &len)) == CKR_OK) {
+                expect_length(w, "C_Sign(HMAC) (length)", len, 32);
+                if (CALL(w, "C_VerifyInit(HMAC)", F->C_VerifyInit(w->h, &hmac, w->hmac)) == CKR_OK)
+                    CALL(w, "C_Verify(HMAC)",
+                         F->C_Verify(w->h, (CK_BYTE_PTR)plain, sizeof plain, mac, len));
+            }
+        }
+
+        if (CALL(w, "C_DigestInit", F->C_DigestInit(w->h, &sha256)) == CKR_OK) {
+            len = sizeof digest;
+            if (CALL(w, "C_Digest", F->C_Digest(w->h, (CK_BYTE_PTR)plain, sizeof plain, digest,
+                                                &len)) == CKR_OK) {
+                expect_length(w, "C_Digest (length)", len, 32);
+                if (CALL(w, "C_SignInit(ECDSA)", F->C_SignInit(w->h, &ecdsa, w->ec)) == CKR_OK) {
+                    len = sizeof sig;
+                    if (CALL(w, "C_Sign(ECDSA)",
+                             F->C_Sign(w->h, digest, sizeof digest, sig, &len)) == CKR_OK)
+                        expect_length(w, "C_Sign(ECDSA) (length)", len, 64);
+                }
+            }
+        }
+
+        if (round % 16 == 0 &&
+            CALL(w, "C_OpenSession", F->C_OpenSession(w->slot, CKF_SERIAL_SESSION, NULL, NULL,
+                                                      &other)) == CKR_OK) {
+            if (CALL(w, "C_FindObjectsInit",
+                     F->C_FindObjectsInit(other, find_tmpl, 2)) == CKR_OK) {
+                nfound = 0;
+                if (CALL(w, "C_FindObjects", F->C_FindObjects(other, found, 4, &nfound)) == CKR_OK)
+                    expect_length(w, "C_FindObjects (count)", nfound, 1);
+                CALL(w, "C_FindObjectsFinal", F->C_FindObjectsFinal(other));
+            }
+            CALL(w, "C_CloseSession", F->C_CloseSession(other));
         }
         atomic_fetch_add(&w->iterations, 1);
     }
@@ -278,27 +384,74 @@ out:
 /* Parent                                                                                         */
 /* ---------------------------------------------------------------------------------------------- */
 
-static unsigned long min_iterations(struct worker *w)
+static void sleep_us(long us)
 {
-    unsigned long m = (unsigned long)-1;
-    for (int i = 0; i < THREADS; i++) {
-        unsigned long it = atomic_load(&w[i].iterations);
-        if (it < m)
-            m = it;
-    }
-    return m;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
         ;
 }
 
+/* Waits (up to 10 s) until every worker did `more` iterations beyond `since`. */
+static int workers_progressed(struct worker *w, const unsigned long *since, unsigned long more)
+{
+    for (int waited_ms = 0;; waited_ms++) {
+        int all = 1;
+        for (int i = 0; i < THREADS; i++)
+            if (atomic_load(&w[i].iterations) < since[i] + more)
+                all = 0;
+        if (all)
+            return 1;
+        if (waited_ms >= 10000)
+            return 0;
+        sleep_us(1000);
+    }
+}
+
+/* Waits for the child; returns its status as text ("" when it exited with 0). */
+static const char *wait_child(pid_t pid)
+{
+    static char why[96];
+    int status = 0;
+    for (int ms = 0; ms < (CHILD_TIMEOUT_SECONDS + 10) * 1000; ms += 2) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            if (WIFSIGNALED(status))
+                snprintf(why, sizeof why, "killed by signal %d%s", WTERMSIG(status),
+                         WTERMSIG(status) == SIGALRM ? ": timed out, probably a deadlock" : "");
+            else if (WEXITSTATUS(status) != 0)
+                snprintf(why, sizeof why, "exit status %d", WEXITSTATUS(status));
+            else
+                why[0] = 0;
+            return why;
+        }
+        if (r < 0 && errno != EINTR) {
+            snprintf(why, sizeof why, "waitpid: %s", strerror(errno));
+            return why;
+        }
+        sleep_us(2000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    snprintf(why, sizeof why, "did not finish within %d s (killed)", CHILD_TIMEOUT_SECONDS + 10);
+    return why;
+}
+
+/* Spins (up to 1 s) until some worker is inside a call; returns whether one was. */
+static int a_worker_is_inside(struct worker *w)
+{
+    for (long spins = 0; spins < 1000000; spins++) {
+        for (int i = 0; i < THREADS; i++)
+            if (atomic_load(&w[i].inside))
+                return 1;
+        if (spins % 1000 == 999)
+            sleep_us(1);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int c, status = 0, threads_started = 0;
+    int c, forks = 1, threads_started = 0, forked = 0, inside_at_fork = 0;
     void *module;
     CK_C_GetFunctionList gfl;
     CK_C_INITIALIZE_ARGS a;
@@ -306,23 +459,24 @@ int main(int argc, char **argv)
     CK_SESSION_HANDLE main_h = 0;
     CK_SESSION_INFO si;
     CK_INFO ci;
-    CK_OBJECT_HANDLE key = 0;
+    CK_OBJECT_HANDLE aes = 0, hmac = 0, ec_pub = 0, ec_priv = 0;
     struct worker workers[THREADS];
-    unsigned long at_fork[THREADS];
+    unsigned long before[THREADS], start_iterations[THREADS];
     pid_t pid;
-    int waited;
 
-    while ((c = getopt(argc, argv, "l:p:")) != -1) {
+    while ((c = getopt(argc, argv, "l:p:n:")) != -1) {
         switch (c) {
         case 'l': label = optarg; break;
         case 'p': pin = optarg; break;
+        case 'n': forks = atoi(optarg); break;
         default: goto usage;
         }
     }
     if (!pin)
         pin = getenv("P11_USER_PIN");
-    if (optind + 1 != argc || !label || !pin)
+    if (optind + 1 != argc || !label || !pin || forks < 1)
         goto usage;
+    srand((unsigned)getpid());
 
     module = dlopen(argv[optind], RTLD_NOW | RTLD_LOCAL);
     if (!check(module != NULL, "dlopen %s", argv[optind]))
@@ -346,14 +500,18 @@ int main(int argc, char **argv)
                   F->C_Login(main_h, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin)),
                   CKR_OK))
         goto finalize;
-    if (!check_rv("C_GenerateKey(AES 256)", make_aes_key(main_h, &key), CKR_OK))
+    if (!check_rv("C_GenerateKey(AES 256)", make_aes_key(main_h, &aes), CKR_OK) ||
+        !check_rv("C_GenerateKey(HMAC secret)", make_hmac_key(main_h, &hmac), CKR_OK) ||
+        !check_rv("C_GenerateKeyPair(EC P-256)", make_ec_pair(main_h, &ec_pub, &ec_priv), CKR_OK))
         goto finalize;
 
     memset(workers, 0, sizeof workers);
     for (int i = 0; i < THREADS; i++) {
         char what[64];
-        workers[i].idx = i;
-        workers[i].key = key;
+        workers[i].slot = slot;
+        workers[i].aes = aes;
+        workers[i].hmac = hmac;
+        workers[i].ec = ec_priv;
         snprintf(what, sizeof what, "C_OpenSession(worker %d)", i);
         if (!check_rv(what, F->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &workers[i].h),
                       CKR_OK))
@@ -370,71 +528,53 @@ int main(int argc, char **argv)
     }
     threads_started = 1;
 
-    /* Let every worker get going, then fork while they are inside the module. */
-    for (int waited_ms = 0; min_iterations(workers) < WARMUP_ITERATIONS && waited_ms < 30000;
-         waited_ms += 10)
-        sleep_ms(10);
-    check(min_iterations(workers) >= WARMUP_ITERATIONS,
-          "every worker did %d iterations before the fork (min %lu)", WARMUP_ITERATIONS,
-          min_iterations(workers));
-
-    fflush(stdout);
-    atomic_store(&pause_requested, 1);
-    while (atomic_load(&paused) < THREADS)
-        sched_yield();
-    pid = fork();
-    if (pid == 0)
-        child(slot, main_h, workers[0].h); /* does not return */
-    atomic_store(&pause_requested, 0);
-    if (!check(pid > 0, "fork"))
-        goto stop_threads;
+    memset(before, 0, sizeof before);
+    check(workers_progressed(workers, before, WARMUP_ITERATIONS),
+          "every worker did %d iterations before the first fork", WARMUP_ITERATIONS);
     for (int i = 0; i < THREADS; i++)
-        at_fork[i] = atomic_load(&workers[i].iterations);
+        start_iterations[i] = atomic_load(&workers[i].iterations);
 
-    /* Wait for the child (it has its own alarm; this is a second guard). */
-    waited = 0;
-    for (int ms = 0; ms < (CHILD_TIMEOUT_SECONDS + 10) * 1000; ms += 20) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            waited = 1;
+    /* Fork while the workers run; each child is checked before the next fork. */
+    for (int f = 1; f <= forks; f++) {
+        const char *why;
+        /* A varying moment, then right after a worker was seen inside a call. */
+        sleep_us(rand() % 3000);
+        inside_at_fork += a_worker_is_inside(workers);
+        fflush(stdout);
+        pid = fork();
+        if (pid == 0) {
+            if (f > 1)
+                verbose = 0;
+            child(slot, main_h, workers[0].h); /* does not return */
+        }
+        verbose = f == 1;
+        if (!check(pid > 0, "fork %d", f)) {
+            verbose = 1;
             break;
         }
-        if (r < 0 && errno != EINTR)
-            break;
-        sleep_ms(20);
-    }
-    if (!waited) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        check(0, "child finished within %d s (killed)", CHILD_TIMEOUT_SECONDS + 10);
-    } else if (WIFSIGNALED(status)) {
-        check(0, "child exited normally (killed by signal %d%s)", WTERMSIG(status),
-              WTERMSIG(status) == SIGALRM ? ": timed out, probably a deadlock" : "");
-    } else {
-        check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child exited with status 0 (got %d)",
-              WEXITSTATUS(status));
-    }
-
-    /* The parent is unaffected: its workers keep going and it can still use its sessions. */
-    for (int waited_ms = 0; waited_ms < 10000; waited_ms += 10) {
-        int all = 1;
+        forked++;
         for (int i = 0; i < THREADS; i++)
-            if (atomic_load(&workers[i].iterations) < at_fork[i] + WARMUP_ITERATIONS)
-                all = 0;
-        if (all)
-            break;
-        sleep_ms(10);
+            before[i] = atomic_load(&workers[i].iterations);
+        why = wait_child(pid);
+        check(why[0] == 0, "child %d exited with status 0%s%s", f, why[0] ? ": " : "", why);
+        /* The parent is unaffected: every worker keeps going. */
+        check(workers_progressed(workers, before, PROGRESS_PER_FORK),
+              "every worker did %d more iterations after fork %d", PROGRESS_PER_FORK, f);
+        verbose = 1;
     }
+    check(forked == forks, "forked %d times (of %d)", forked, forks);
+    check(inside_at_fork == forked, "fork() was called with a worker inside the module %d times "
+                                    "(of %d)", inside_at_fork, forked);
     for (int i = 0; i < THREADS; i++)
-        check(atomic_load(&workers[i].iterations) >= at_fork[i] + WARMUP_ITERATIONS,
-              "worker %d kept working after the fork (%lu -> %lu iterations)", i, at_fork[i],
-              atomic_load(&workers[i].iterations));
-    check_rv("C_GetInfo in the parent after the fork", F->C_GetInfo(&ci), CKR_OK);
+        check(atomic_load(&workers[i].iterations) >= start_iterations[i] +
+                  (unsigned long)forked * PROGRESS_PER_FORK,
+              "worker %d kept working during the forks (%lu -> %lu iterations)", i,
+              start_iterations[i], atomic_load(&workers[i].iterations));
+    check_rv("C_GetInfo in the parent after the forks", F->C_GetInfo(&ci), CKR_OK);
     if (check_rv("C_GetSessionInfo(main) in the parent", F->C_GetSessionInfo(main_h, &si), CKR_OK))
         check(si.state == CKS_RW_USER_FUNCTIONS,
               "the parent is still logged in (state %lu)", (unsigned long)si.state);
 
-stop_threads:
     atomic_store(&stop, 1);
     if (threads_started) {
         for (int i = 0; i < THREADS; i++)
@@ -463,6 +603,6 @@ done:
     printf("%u passed, %u failed\n", passed, failed);
     return failed ? 1 : 0;
 usage:
-    fprintf(stderr, "usage: %s [-l LABEL] [-p PIN] MODULE.so\n", argv[0]);
+    fprintf(stderr, "usage: %s [-l LABEL] [-p PIN] [-n FORKS] MODULE.so\n", argv[0]);
     return 2;
 }

@@ -4,7 +4,7 @@ use pkcs11_sys::*;
 
 use crate::error::Error;
 use crate::ffi::args::{label32, out, InBuf, OutBuf};
-use crate::ffi::boundary::{audited, guarded};
+use crate::ffi::boundary::{audited, guarded, guarded_may_block};
 use crate::policy::mechanism_text;
 
 /// C_GetSlotList — §5.5.
@@ -76,7 +76,9 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
     pSlot: CK_SLOT_ID_PTR,
     pReserved: CK_VOID_PTR,
 ) -> CK_RV {
-    guarded(
+    // A blocking wait may last for ever: it must not hold up fork() (see ffi::fork_gate).
+    guarded_may_block(
+        flags & CKF_DONT_BLOCK == 0,
         "C_WaitForSlotEvent",
         || format!("flags={flags:#x}"),
         |rt| {
