@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Around it: [`runtime`] (C_Initialize / C_Finalize / fork), [`config`] (TOML + environment),
-//! [`logging`] (syslog, stderr or file), [`error`] (the one error type and its CK_RV mapping),
+//! [`logging`] (syslog, stderr or file), [`metrics`] (call counts and latency histograms for
+//! Prometheus), [`error`] (the one error type and its CK_RV mapping),
 //! [`credentials`] (PIN mapping), [`names`] (spec names for logs). `unsafe` appears only in
 //! `ffi` and `backend::upstream`.
 
@@ -25,6 +26,7 @@ pub mod credentials;
 pub mod error;
 pub mod ffi;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod router;

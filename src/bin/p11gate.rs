@@ -8,6 +8,7 @@
 //! p11gate audit verify FILE     check an audit file's chain
 //! p11gate audit summary [FILE]  counts per app, key and function from an audit trail
 //! p11gate token init            initialise a built-in soft token (SO PIN, user PIN, label)
+//! p11gate stats [PATH...]       calls, errors and latency per app, slot and function
 //! ```
 //!
 //! Exit status: 0 success, 1 the configuration (or an upstream) is not usable, 2 usage error.
@@ -47,7 +48,10 @@ const USAGE: &str = "usage:
                                 asks for the SO PIN and the user PIN (without echo
                                 on a terminal, else two lines of standard input: SO PIN, user
                                 PIN). An initialised token needs its current SO PIN; all its
-                                objects are destroyed";
+                                objects are destroyed
+  p11gate stats [PATH...] [--json]
+                                calls, errors, mean, p50 and p99 per app, slot and function
+                                from the metrics files (default: the configured metrics dir)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +70,13 @@ fn main() -> ExitCode {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let code = audit::summary::run(&rest, &mut std::io::stdout().lock());
             ExitCode::from(code)
+        }
+        ["stats", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            ExitCode::from(p11gate::metrics::stats::run(
+                &rest,
+                &mut std::io::stdout().lock(),
+            ))
         }
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");

@@ -9,6 +9,9 @@
 //! name. The argument text comes from a closure each function supplies, which lists handles,
 //! flags, lengths and mechanism names, and never a PIN or buffer contents; it only runs when
 //! trace is on, so the hot path pays one relaxed load for it.
+//!
+//! Each call is also counted and timed for [`crate::metrics`] (`begin` / `end`): with metrics
+//! off, one relaxed load and a branch that is not taken.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
@@ -17,6 +20,7 @@ use pkcs11_sys::*;
 
 use crate::audit::Call;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::names::{mechanism_name, rv_name};
 use crate::runtime::{self, Runtime};
 
@@ -27,8 +31,9 @@ pub fn guarded(
     args: impl FnOnce() -> String,
     body: impl FnOnce(&'static Runtime) -> Result<()>,
 ) -> CK_RV {
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 /// Like [`guarded`], for a call that is audited: `body` also fills in the call's audit
@@ -41,6 +46,7 @@ pub fn audited(
     args: impl FnOnce() -> String,
     body: impl FnOnce(&'static Runtime, &mut Call) -> Result<()>,
 ) -> CK_RV {
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let rt = runtime::current()?;
         let mut call = Call::start(name, rt)?;
@@ -48,7 +54,7 @@ pub fn audited(
         call.finish(&result);
         result
     }));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 /// Like [`guarded`], for the functions that work without a runtime (`C_Initialize`,
@@ -59,8 +65,9 @@ pub fn guarded_uninit(
     args: impl FnOnce() -> String,
     body: impl FnOnce() -> Result<()>,
 ) -> CK_RV {
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(body));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 #[inline(always)]
@@ -68,6 +75,7 @@ fn finish(
     name: &'static str,
     args: impl FnOnce() -> String,
     result: std::thread::Result<Result<()>>,
+    started: Option<metrics::Started>,
 ) -> CK_RV {
     let rv = match result {
         Ok(Ok(())) => CKR_OK,
@@ -79,6 +87,7 @@ fn finish(
         }
         Err(payload) => panicked(name, payload),
     };
+    metrics::end(started, name, rv);
     if log::log_enabled!(log::Level::Trace) {
         log::trace!("{name}({}) = {}", args(), rv_name(rv));
     }
