@@ -31,7 +31,8 @@
 //! target = "syslog"                        # syslog | stderr | /path/to/file
 //!
 //! [metrics]                                # off unless dir is set
-//! dir = "/var/lib/prometheus/node-exporter" # node_exporter's textfile collector directory
+//! # node_exporter's textfile collector directory: one p11gate-<app>-<pid>.prom per process
+//! dir = "/var/lib/prometheus/node-exporter"
 //! interval_s = 10                          # seconds between two writes of the file
 //! ```
 //!
