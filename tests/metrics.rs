@@ -743,6 +743,61 @@ fn the_file_is_replaced_atomically_every_interval_while_calls_run() {
     );
 }
 
+/// Calls from many threads, each counting in a block of its own, add up exactly; the counts of
+/// threads that exited stay (their blocks go to the next threads).
+#[test]
+fn counts_from_many_threads_add_up_and_outlive_their_threads() {
+    let hsm = common::SoftHsm::new();
+    hsm.init_token("metrics-threads");
+    let metrics = tempfile::tempdir().unwrap();
+    let dir = metrics.path().display().to_string();
+    let _guard = common::in_process(&hsm.gate_env());
+    set_env(&[
+        ("P11GATE_AUDIT", Some("off")),
+        ("P11GATE_APP", Some("threads")),
+        ("P11GATE_METRICS", Some(&dir)),
+        ("P11GATE_METRICS_INTERVAL", Some("3600")),
+    ]);
+    assert_eq!(initialize(), CKR_OK);
+    let slot = first_slot();
+    for (threads, calls) in [(4, 250), (6, 100)] {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let s = open(slot);
+                    for _ in 0..calls {
+                        assert_eq!(random(s), CKR_OK);
+                    }
+                    assert_eq!(session_info(s), CKR_OK);
+                });
+            }
+        });
+    }
+    assert_eq!(finalize(), CKR_OK);
+    let p = read_prom(
+        &metrics
+            .path()
+            .join(format!("p11gate-threads-{}.prom", std::process::id())),
+    );
+    let slot = slot.to_string();
+    let expected: BTreeMap<(String, String, String), u64> = [
+        ("none", "C_GetSlotList", "CKR_OK", 1),
+        (slot.as_str(), "C_OpenSession", "CKR_OK", 10),
+        (
+            slot.as_str(),
+            "C_GenerateRandom",
+            "CKR_OK",
+            4 * 250 + 6 * 100,
+        ),
+        (slot.as_str(), "C_GetSessionInfo", "CKR_OK", 10),
+    ]
+    .into_iter()
+    .map(|(s, f, r, n)| ((s.into(), f.into(), r.into()), n))
+    .collect();
+    assert_eq!(p.calls, expected);
+    p.check_histograms(true).unwrap();
+}
+
 /// Two processes of one app on one host: two files, each with its own pid label and counts;
 /// `p11gate stats` adds them up; each file goes away when its process exits.
 #[test]
