@@ -96,6 +96,12 @@ extern "C" {
 /* The key file of the audit file's HMAC chain (overrides [audit] key_file). */
 #define P11GATE_ENV_AUDIT_KEY "P11GATE_AUDIT_KEY"
 
+/* Metrics for Prometheus (overriding [metrics]): "off", or the absolute path of node_exporter's
+ * textfile collector directory, where each process writes p11gate-<app>-<pid>.prom; and the
+ * seconds between two writes (1 to 3600, default 10). */
+#define P11GATE_ENV_METRICS "P11GATE_METRICS"
+#define P11GATE_ENV_METRICS_INTERVAL "P11GATE_METRICS_INTERVAL"
+
 /* The built-in soft token, served when no upstream is configured: its number of slots (default
  * 1) and the directory holding one token<N> directory per slot (default $XDG_DATA_HOME/p11gate,
  * else ~/.local/share/p11gate). */

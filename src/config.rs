@@ -31,6 +31,11 @@
 //! [log]
 //! level = "info"                           # error | warn | info | debug | trace
 //! target = "syslog"                        # syslog | stderr | /path/to/file
+//!
+//! [metrics]                                # off unless dir is set
+//! # node_exporter's textfile collector directory: one p11gate-<app>-<pid>.prom per process
+//! dir = "/var/lib/prometheus/node-exporter"
+//! interval_s = 10                          # seconds between two writes of the file
 //! ```
 //!
 //! `reconnect = true` on an `[[upstream]]`: when a call to the module returns
@@ -42,6 +47,9 @@
 //! held credential (without one they come back logged out). Operations in progress are lost,
 //! and object handles from before are refused: find the objects again. Default: false (the
 //! module's codes pass through and nothing is re-initialised).
+//!
+//! `P11GATE_METRICS` (`off`, or the directory) and `P11GATE_METRICS_INTERVAL` (seconds) override
+//! `[metrics]`, as `P11GATE_AUDIT` overrides the audit sinks.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +80,8 @@ pub mod env {
     pub const HOME: &str = "P11GATE_HOME";
     pub const NUM_SLOTS: &str = "P11GATE_NUM_SLOTS";
     pub const SLOW_CALL_WARN_MS: &str = "P11GATE_SLOW_CALL_WARN_MS";
+    pub const METRICS: &str = "P11GATE_METRICS";
+    pub const METRICS_INTERVAL: &str = "P11GATE_METRICS_INTERVAL";
 }
 
 /// The whole configuration, after environment overrides.
@@ -99,6 +109,9 @@ pub struct Config {
     /// The built-in soft token, served when no upstream is configured.
     #[serde(default)]
     pub soft_token: SoftTokenConfig,
+    /// Call counts and latency histograms for Prometheus.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[soft_token]`: where the built-in soft tokens live and how many slots there are.
@@ -142,6 +155,95 @@ pub fn default_soft_home() -> PathBuf {
     match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
         Some(h) => PathBuf::from(h).join(".local/share/p11gate"),
         None => PathBuf::from("/var/lib/p11gate"),
+    }
+}
+
+/// `[metrics]`: call counts and latency histograms, written as Prometheus text into
+/// node_exporter's textfile collector directory (see `crate::metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The directory the file goes into; no directory, no metrics (`P11GATE_METRICS`).
+    pub dir: Option<Spanned<PathBuf>>,
+    /// Seconds between two writes of the file, 1 to 3600 (`P11GATE_METRICS_INTERVAL`).
+    pub interval_s: Spanned<u64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            dir: None,
+            interval_s: Spanned::new(0..0, 10),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The longest interval: a file older than a scrape or two looks dead.
+    pub const MAX_INTERVAL_S: u64 = 3600;
+
+    /// The directory, when metrics are on.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.get_ref().as_path())
+    }
+
+    /// Applies `P11GATE_METRICS` (`off`, or an absolute directory) and
+    /// `P11GATE_METRICS_INTERVAL` (seconds).
+    fn override_from(&mut self, getenv: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(spec) = getenv(env::METRICS).filter(|s| !s.trim().is_empty()) {
+            let spec = spec.trim();
+            self.dir = match spec {
+                "off" => None,
+                _ if Path::new(spec).is_absolute() => Some(Spanned::new(0..0, spec.into())),
+                _ => {
+                    return Err(Error::setup(format!(
+                        "{}={spec:?} is neither off nor an absolute directory",
+                        env::METRICS
+                    )))
+                }
+            };
+        }
+        if let Some(n) = getenv(env::METRICS_INTERVAL).filter(|s| !s.trim().is_empty()) {
+            match n.trim().parse::<u64>() {
+                Ok(s) if (1..=Self::MAX_INTERVAL_S).contains(&s) => {
+                    self.interval_s = Spanned::new(0..0, s)
+                }
+                _ => {
+                    return Err(Error::setup(format!(
+                        "{}={n:?} is not a number of seconds from 1 to {}",
+                        env::METRICS_INTERVAL,
+                        Self::MAX_INTERVAL_S
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, place: &Place<'_>) -> Result<()> {
+        let interval = &self.interval_s;
+        if !(1..=Self::MAX_INTERVAL_S).contains(interval.get_ref()) {
+            return Err(place.at(
+                interval.span(),
+                format_args!(
+                    "metrics interval_s = {}: it must be 1 to {}",
+                    interval.get_ref(),
+                    Self::MAX_INTERVAL_S
+                ),
+            ));
+        }
+        if let Some(dir) = &self.dir {
+            if !dir.get_ref().is_absolute() {
+                return Err(place.at(
+                    dir.span(),
+                    format_args!(
+                        "metrics dir {} must be an absolute path",
+                        dir.get_ref().display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -727,6 +829,7 @@ impl Config {
                 env::AUDIT_KEY
             )));
         }
+        config.metrics.override_from(&getenv)?;
         if let Some(home) = getenv(env::HOME).filter(|s| !s.is_empty()) {
             config.soft_token.home = Some(PathBuf::from(home));
         }
@@ -876,6 +979,7 @@ impl Config {
                 format_args!("audit queue = {}: it must be 1 to 1048576", queue.get_ref()),
             ));
         }
+        self.metrics.check(place)?;
         if let (Some(file), None) = (&self.audit.file, &self.audit.key_file) {
             return Err(place.at(
                 file.span(),
@@ -1594,6 +1698,79 @@ mod soft_token_tests {
             e.to_string()
                 .contains("upstream \"x\" has both a path and soft_token"),
             "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn discover(file: &str, env_pairs: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut map: HashMap<String, String> = env_pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.insert(env::CONFIG.into(), path.display().to_string());
+        Config::discover(move |k| map.get(k).cloned()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_set_by_file_or_environment() {
+        let c = discover("", &[]).unwrap();
+        assert_eq!(c.metrics.dir(), None);
+        assert_eq!(*c.metrics.interval_s.get_ref(), 10);
+        let c = discover("[metrics]\ndir = \"/var/lib/ne\"\ninterval_s = 30\n", &[]).unwrap();
+        assert_eq!(c.metrics.dir(), Some(Path::new("/var/lib/ne")));
+        assert_eq!(*c.metrics.interval_s.get_ref(), 30);
+        let c = discover(
+            "[metrics]\ndir = \"/var/lib/ne\"\n",
+            &[(env::METRICS, "/tmp/m"), (env::METRICS_INTERVAL, "2")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.dir(), Some(Path::new("/tmp/m")));
+        assert_eq!(*c.metrics.interval_s.get_ref(), 2);
+        let c = discover(
+            "[metrics]\ndir = \"/var/lib/ne\"\n",
+            &[(env::METRICS, "off")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.dir(), None);
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let e = |file: &str, env_pairs: &[(&str, &str)]| {
+            let e = discover(file, env_pairs).unwrap_err().to_string();
+            // The file's temporary path varies: keep what follows it.
+            e.split_once("p.toml")
+                .map_or(e.clone(), |(_, rest)| rest.to_string())
+        };
+        assert_eq!(
+            e("[metrics]\ninterval_s = 0\n", &[]),
+            ":2: metrics interval_s = 0: it must be 1 to 3600"
+        );
+        assert_eq!(
+            e("[metrics]\ndir = \"rel/dir\"\n", &[]),
+            ":2: metrics dir rel/dir must be an absolute path"
+        );
+        let unknown = e("[metrics]\nfile = \"/x\"\n", &[]);
+        assert!(unknown.starts_with(":2: unknown field `file`"), "{unknown}");
+        assert_eq!(
+            e("", &[(env::METRICS, "rel")]),
+            "P11GATE_METRICS=\"rel\" is neither off nor an absolute directory"
+        );
+        assert_eq!(
+            e("", &[(env::METRICS_INTERVAL, "0")]),
+            "P11GATE_METRICS_INTERVAL=\"0\" is not a number of seconds from 1 to 3600"
+        );
+        assert_eq!(
+            e("", &[(env::METRICS_INTERVAL, "10s")]),
+            "P11GATE_METRICS_INTERVAL=\"10s\" is not a number of seconds from 1 to 3600"
         );
     }
 }

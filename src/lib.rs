@@ -14,9 +14,10 @@
 //! ```
 //!
 //! Around it: [`runtime`] (C_Initialize / C_Finalize / fork), [`config`] (TOML + environment),
-//! [`logging`] (syslog, stderr or file), [`error`] (the one error type and its CK_RV mapping),
-//! [`credentials`] (PIN mapping), [`names`] (spec names for logs), [`uri`] (PKCS#11 URIs,
-//! RFC 7512, wherever a token or object is named). `unsafe` appears only in
+//! [`logging`] (syslog, stderr or file), [`metrics`] (call counts and latency histograms for
+//! Prometheus), [`error`] (the one error type and its CK_RV mapping), [`credentials`] (PIN
+//! mapping), [`names`] (spec names for logs), [`uri`] (PKCS#11 URIs, RFC 7512, wherever a token
+//! or object is named). `unsafe` appears only in
 //! `ffi` and `backend::upstream`.
 
 pub mod audit;
@@ -27,6 +28,7 @@ pub mod doctor;
 pub mod error;
 pub mod ffi;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod router;

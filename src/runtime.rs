@@ -170,6 +170,7 @@ fn start(args: InitArgs) -> Result<usize> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    crate::metrics::start(&rt.config.metrics, rt.router.app(), threads_allowed);
     log::info!("initialised for app {:?}: {description}", rt.router.app());
     audit_lifecycle(
         rt,
@@ -331,6 +332,7 @@ pub fn finalize() -> Result<()> {
     let rv = result.as_ref().map_or_else(Error::rv, |_| CKR_OK);
     audit_lifecycle(rt, Event::Finalize, "C_Finalize", started, rv, None);
     stop_audit();
+    crate::metrics::stop();
     rt.audit.keys.clear();
     STATE.store(NOT_INITIALIZED, Ordering::Release);
     log::info!("finalised");

@@ -628,6 +628,7 @@ fn every_command_has_help_with_a_description_and_examples() {
             "doctor",
             "hash-pin",
             "man",
+            "stats",
             "token",
             "token init",
         ]
@@ -662,6 +663,7 @@ fn the_committed_man_page_is_what_the_code_generates() {
         "audit summary",
         "token init",
         "doctor",
+        "stats",
         "completions",
         "man",
     ] {
@@ -670,7 +672,7 @@ fn the_committed_man_page_is_what_the_code_generates() {
             "no section for {command}"
         );
     }
-    assert_eq!(generated.matches("\\fBExamples:\\fR").count(), 9);
+    assert_eq!(generated.matches("\\fBExamples:\\fR").count(), 10);
     for section in [
         "NAME",
         "SYNOPSIS",

@@ -11,7 +11,9 @@
 //! trace is on, so the hot path pays one relaxed load for it.
 //!
 //! Every call also passes the fork gate ([`fork_gate`]), from before the runtime is looked up
-//! until after the trace line: a `fork()` waits until no call is inside.
+//! until after the trace line: a `fork()` waits until no call is inside. And each call is
+//! counted and timed for [`crate::metrics`] (`begin` / `end`): with metrics off, a relaxed load
+//! and a branch that is not taken.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -20,6 +22,7 @@ use pkcs11_sys::*;
 use crate::audit::Call;
 use crate::error::{Error, Result};
 use crate::ffi::fork_gate;
+use crate::metrics;
 use crate::names::{mechanism_name, rv_name};
 use crate::runtime::{self, Runtime};
 
@@ -31,8 +34,9 @@ pub fn guarded(
     body: impl FnOnce(&'static Runtime) -> Result<()>,
 ) -> CK_RV {
     let _pass = fork_gate::enter();
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 /// Like [`guarded`], for a call that may wait indefinitely when `blocks` is true
@@ -47,8 +51,9 @@ pub fn guarded_may_block(
     if !blocks {
         return guarded(name, args, body);
     }
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(|| runtime::current().and_then(body)));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 /// Like [`guarded`], for a call that is audited: `body` also fills in the call's audit
@@ -62,6 +67,7 @@ pub fn audited(
     body: impl FnOnce(&'static Runtime, &mut Call) -> Result<()>,
 ) -> CK_RV {
     let _pass = fork_gate::enter();
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let rt = runtime::current()?;
         let mut call = Call::start(name, rt)?;
@@ -69,7 +75,7 @@ pub fn audited(
         call.finish(&result);
         result
     }));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 /// Like [`guarded`], for the functions that work without a runtime (`C_Initialize`,
@@ -81,8 +87,9 @@ pub fn guarded_uninit(
     body: impl FnOnce() -> Result<()>,
 ) -> CK_RV {
     let _pass = fork_gate::enter();
+    let started = metrics::begin();
     let result = catch_unwind(AssertUnwindSafe(body));
-    finish(name, args, result)
+    finish(name, args, result, started)
 }
 
 #[inline(always)]
@@ -90,6 +97,7 @@ fn finish(
     name: &'static str,
     args: impl FnOnce() -> String,
     result: std::thread::Result<Result<()>>,
+    started: Option<metrics::Started>,
 ) -> CK_RV {
     let rv = match result {
         Ok(Ok(())) => CKR_OK,
@@ -101,6 +109,7 @@ fn finish(
         }
         Err(payload) => panicked(name, payload),
     };
+    metrics::end(started, name, rv);
     if log::log_enabled!(log::Level::Trace) {
         log::trace!("{name}({}) = {}", args(), rv_name(rv));
     }

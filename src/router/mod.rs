@@ -132,6 +132,7 @@ impl Router {
             .slots
             .get(route.slot_index)
             .ok_or(Error::SessionHandleInvalid)?;
+        crate::metrics::note_slot(route.slot);
         Ok(Session {
             backend: &**backend,
             handle: route.handle,
@@ -150,13 +151,17 @@ impl Router {
     /// The entry for a slot id the application named, or `CKR_SLOT_ID_INVALID`.
     fn entry(&self, id: CK_SLOT_ID) -> Result<(usize, &SlotEntry)> {
         if let Some(p) = self.passthrough() {
+            crate::metrics::note_slot(id);
             return Ok((0, p));
         }
-        self.slots
+        let found = self
+            .slots
             .iter()
             .enumerate()
             .find(|(_, e)| e.id == id)
-            .ok_or(Error::SlotIdInvalid)
+            .ok_or(Error::SlotIdInvalid)?;
+        crate::metrics::note_slot(id);
+        Ok(found)
     }
 
     /// A slot id's entry and its upstream's name, for audit records (None for an id this app

@@ -14,6 +14,7 @@ mod doctor;
 mod exit;
 mod pin;
 mod progress;
+mod stats;
 mod token;
 
 use std::io::{self, Write};
@@ -42,7 +43,7 @@ Examples:
 
 pub const OUTPUT: &str = "\
 Output: results go to standard output; messages, prompts and progress to standard error.
---json (config check, audit verify, audit summary, token init) prints exactly one JSON object
+--json (config check, audit verify, audit summary, token init, doctor, stats) prints one JSON object
 and a newline on standard output whenever the command ran (exit 0 or 1); after a usage or
 input/output error (exit 2 or 3) standard output is empty. Field names are stable: fields may
 be added, none renamed or removed.";
@@ -109,11 +110,12 @@ pub enum Command {
         after_help = doctor::EXAMPLES
     )]
     Doctor(doctor::DoctorArgs),
-    // Wired here at merge from another branch, a library function that takes its arguments
-    // and an output and returns an exit status (0 to 3, as `Exit`):
-    //   `p11gate stats`  -> p11gate::metrics::stats::run
-    // It gets about, long_about and after_help ("Examples:") like the commands here; then
-    // add it to the command list in tests/cli.rs and regenerate doc/p11gate.1.
+    #[command(
+        about = "Show call counts and latencies from the metrics files",
+        long_about = stats::ABOUT,
+        after_help = stats::EXAMPLES
+    )]
+    Stats(stats::StatsArgs),
     #[command(
         about = "Print a shell completion script",
         long_about = docs::COMPLETIONS_ABOUT,
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => audit::run(c, &mut out),
         Command::Token(c) => token::run(c, &mut out),
         Command::Doctor(a) => doctor::run(a, &mut out),
+        Command::Stats(a) => stats::run(a, &mut out),
         Command::Completions(a) => docs::completions(a, &mut out),
         Command::Man(a) => docs::man(a, &mut out),
     };
