@@ -24,6 +24,8 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod names;
 pub mod policy;

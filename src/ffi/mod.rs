@@ -12,6 +12,7 @@
 pub mod args;
 pub mod boundary;
 pub mod fns;
+pub(crate) mod fuzz;
 pub mod mutex;
 pub mod os;
 pub mod tables;
