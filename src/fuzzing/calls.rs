@@ -544,8 +544,8 @@ impl Run<'_> {
             }
             6 => self.slot_and_token(),
             7 => {
-                // Token b only through this slot when it is one of the pair: C_InitToken on an
-                // initialised token needs its SO PIN, so a wrong one changes nothing.
+                // Both tokens are initialised, so C_InitToken needs the SO PIN: a wrong one
+                // changes nothing, the right one keeps it (the reset sets the user PIN again).
                 let slot = self.slot();
                 let mut p = self.pin();
                 let label: Option<[u8; 32]> = (!self.input.bool()).then(|| {
