@@ -3,8 +3,9 @@
 #
 # On a fresh Debian 12 machine (as root, or with sudo) it first installs the Debian packages the
 # tests use, but only those whose program is missing. Then: rustfmt check, clippy with warnings
-# as errors, every test target, and a build of the benches (built, not run: `cargo test
-# --all-targets` would run a `harness = false` bench's main(), so the benches are only built).
+# as errors, every test target, a build of the benches (built, not run: `cargo test
+# --all-targets` would run a `harness = false` bench's main(), so the benches are only built),
+# and a short run of each fuzz target (FUZZ_SMOKE_SECONDS, default 20; 0 skips it).
 #
 # All test binaries run even when one fails (--no-fail-fast), so a CI log shows every failure.
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh pkcs11_tool` or
@@ -51,6 +52,8 @@ need_program pkcs11-tool opensc
 need_file /usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so opensc-pkcs11
 need_file /usr/include/p11-kit-1/p11-kit/pkcs11.h libp11-kit-dev
 need_program gcc gcc
+# libFuzzer (the fuzz smoke run) is C++.
+need_program g++ g++
 need_program valgrind valgrind
 need_program nm binutils
 need_program rsyslogd rsyslog
@@ -98,5 +101,16 @@ run cargo test --no-fail-fast --lib --bins --tests "$@"
 
 step "Benches (build only)"
 run cargo build --benches
+
+# Each cargo-fuzz target for a few seconds (scripts/fuzz.sh smoke: installs cargo-fuzz when
+# missing, builds with nightly or stable + RUSTC_BOOTSTRAP=1, and skips with a reason when
+# neither builds). The first build takes minutes; FUZZ_SMOKE_SECONDS=0 skips the step.
+fuzz_seconds=${FUZZ_SMOKE_SECONDS:-20}
+step "Fuzz smoke run (${fuzz_seconds} s per target)"
+if [ "$fuzz_seconds" -gt 0 ]; then
+    run scripts/fuzz.sh smoke "$fuzz_seconds"
+else
+    echo "  skipped (FUZZ_SMOKE_SECONDS=0)"
+fi
 
 step "All checks passed"

@@ -743,7 +743,7 @@ impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Config> {
         let place = Place { origin, text };
         let config: Config = toml::from_str(text).map_err(|e| match e.span() {
-            Some(span) => place.at(span, e.message()),
+            Some(span) => place.at(span, one_line(e.message())),
             None => Error::setup(format!(
                 "config {}: {}",
                 origin.display(),

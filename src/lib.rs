@@ -27,6 +27,8 @@ pub mod credentials;
 pub mod doctor;
 pub mod error;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod names;

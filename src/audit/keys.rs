@@ -57,8 +57,13 @@ impl KeyInfo {
 /// A label as text: lossy UTF-8, at most `MAX_LABEL` bytes (escaping happens when formatted).
 fn label_text(bytes: &[u8]) -> Box<str> {
     let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LABEL)]).into_owned();
-    // A cut in the middle of a character became U+FFFD; that is fine for a record.
-    s.truncate(MAX_LABEL + 3);
+    // A cut in the middle of a character became U+FFFD; that is fine for a record. Invalid
+    // bytes each became a three-byte U+FFFD: cut at a character boundary.
+    let mut end = s.len().min(MAX_LABEL + 3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
     s.into_boxed_str()
 }
 
@@ -139,6 +144,17 @@ mod tests {
             id: id.map(|i| i.to_vec().into_boxed_slice()),
             class,
         }
+    }
+
+    /// Found by the `template` fuzz target: invalid bytes each became a three-byte U+FFFD, and
+    /// the label was then cut inside one (a panic, so CKR_GENERAL_ERROR, in every audited call
+    /// whose template carried such a label).
+    #[test]
+    fn a_label_of_invalid_utf8_is_cut_at_a_character_boundary() {
+        let s = label_text(&[0xff; 300]);
+        assert_eq!(s.len(), 258);
+        assert!(s.chars().all(|c| c == '\u{fffd}'));
+        assert_eq!(&*label_text(&[b'a'; 300]), "a".repeat(MAX_LABEL));
     }
 
     #[test]

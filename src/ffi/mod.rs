@@ -15,6 +15,7 @@ pub mod args;
 pub mod boundary;
 pub mod fns;
 pub mod fork_gate;
+pub(crate) mod fuzz;
 pub mod mutex;
 pub mod os;
 pub mod owned;

@@ -711,7 +711,7 @@ fn check_key_type(m: CK_MECHANISM_TYPE, key: &Object) -> Result<()> {
     }
 }
 
-fn parse_params(m: &Mechanism<'_>) -> Result<Params> {
+pub(crate) fn parse_params(m: &Mechanism<'_>) -> Result<Params> {
     Ok(match m.mechanism_type() {
         CKM_AES_GCM => {
             let (iv, aad, tag_bits) = m.gcm_params()?;

@@ -211,28 +211,6 @@ impl Object {
         for (ty, v) in generated {
             o.set(*ty, v.clone());
         }
-        for ty in [
-            CKA_TOKEN,
-            CKA_PRIVATE,
-            CKA_MODIFIABLE,
-            CKA_COPYABLE,
-            CKA_DESTROYABLE,
-            CKA_SENSITIVE,
-            CKA_EXTRACTABLE,
-            CKA_ENCRYPT,
-            CKA_DECRYPT,
-            CKA_SIGN,
-            CKA_VERIFY,
-            CKA_WRAP,
-            CKA_UNWRAP,
-            CKA_DERIVE,
-        ] {
-            if let Some(v) = o.get(ty) {
-                if v.len() != 1 {
-                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
-                }
-            }
-        }
         let class = o.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
         let is_key = matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY | CKO_PUBLIC_KEY);
         let secretive = matches!(class, CKO_SECRET_KEY | CKO_PRIVATE_KEY);
@@ -435,15 +413,37 @@ const ULONG_VALUED: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_KEY_GEN_MECHANISM,
 ];
 
+/// CK_BBOOL attributes whose value the token's rules read.
+const BOOL_VALUED: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_TOKEN,
+    CKA_PRIVATE,
+    CKA_MODIFIABLE,
+    CKA_COPYABLE,
+    CKA_DESTROYABLE,
+    CKA_SENSITIVE,
+    CKA_EXTRACTABLE,
+    CKA_ENCRYPT,
+    CKA_DECRYPT,
+    CKA_SIGN,
+    CKA_VERIFY,
+    CKA_WRAP,
+    CKA_UNWRAP,
+    CKA_DERIVE,
+];
+
 /// An attribute type the token does not know (it knows no vendor-defined ones) is
-/// `CKR_ATTRIBUTE_TYPE_INVALID`; a CK_ULONG-valued one of another size is
-/// `CKR_ATTRIBUTE_VALUE_INVALID` (2.40 §4.1.1).
+/// `CKR_ATTRIBUTE_TYPE_INVALID`; a CK_ULONG- or CK_BBOOL-valued one of another size is
+/// `CKR_ATTRIBUTE_VALUE_INVALID` (2.40 §4.1.1), when an object is made and when it is changed
+/// or copied alike.
 fn check_attribute(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CkResult<()> {
     let known = crate::names::attribute_name(ty).is_some() || MORE_KNOWN.contains(&ty);
     if !known {
         return Err(CKR_ATTRIBUTE_TYPE_INVALID);
     }
     if ULONG_VALUED.contains(&ty) && v.len() != std::mem::size_of::<CK_ULONG>() {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
+    if BOOL_VALUED.contains(&ty) && v.len() != 1 {
         return Err(CKR_ATTRIBUTE_VALUE_INVALID);
     }
     Ok(())
@@ -554,5 +554,33 @@ mod tests {
         o.change(&given(&label), false).unwrap();
         assert_eq!(o.get(CKA_LABEL), Some(&b"new"[..]));
         assert_eq!(significant_bits(&[0, 0x80, 0]), 16);
+    }
+
+    /// Found by the `template` fuzz target: C_CopyObject took CKA_TOKEN = "" (and
+    /// C_SetAttributeValue any CK_BBOOL of any length), which C_CreateObject refuses.
+    #[test]
+    fn a_bbool_of_the_wrong_length_is_refused_when_copied_or_set_too() {
+        let t = aes_template(&[7; 16]);
+        let o = Object::build(&given(&t), None, None, Origin::Imported, &[]).unwrap();
+        for (ty, v, copying) in [
+            (CKA_TOKEN, vec![], true),
+            (CKA_PRIVATE, vec![0, 0], true),
+            (CKA_ENCRYPT, vec![], false),
+            (CKA_SENSITIVE, vec![1, 1], false),
+        ] {
+            let mut c = o.clone();
+            assert_eq!(
+                c.change(&given(&[(ty, v)]), copying),
+                Err(CKR_ATTRIBUTE_VALUE_INVALID),
+                "{ty:#x}"
+            );
+            assert_eq!(c.attrs, o.attrs);
+        }
+        let mut bad = aes_template(&[7; 16]);
+        bad.push((CKA_DERIVE, vec![]));
+        assert_eq!(
+            Object::build(&given(&bad), None, None, Origin::Imported, &[]).unwrap_err(),
+            CKR_ATTRIBUTE_VALUE_INVALID
+        );
     }
 }
