@@ -13,7 +13,7 @@
 mod common;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,64 +38,6 @@ const FORKS: usize = 100;
 const PKCS11_SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
 const OPENSC: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so";
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Compiles `tests/c/<name>.c` into `dir/<name>` and returns the executable.
-fn compile(name: &str, dir: &Path) -> PathBuf {
-    let gcc = common::require_program("gcc");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("tests/c").join(format!("{name}.c"));
-    let exe = dir.join(name);
-    let out = Command::new(gcc)
-        .args([
-            "-std=gnu11",
-            "-g",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pthread",
-        ])
-        .arg(format!("-I{}", root.join("include").display()))
-        .args(p11kit_cflags())
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .arg("-ldl")
-        .output()
-        .expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc {} failed (the PKCS#11 header comes from libp11-kit-dev):\n{}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
-
-/// Include flags for `<p11-kit/pkcs11.h>`, which `include/p11gate.h` builds on.
-fn p11kit_cflags() -> Vec<String> {
-    let from_pkg_config = Command::new("pkg-config")
-        .args(["--cflags", "p11-kit-1"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        });
-    let flags = from_pkg_config.unwrap_or_else(|| vec!["-I/usr/include/p11-kit-1".to_string()]);
-    let header_found = flags
-        .iter()
-        .filter_map(|f| f.strip_prefix("-I"))
-        .any(|dir| Path::new(dir).join("p11-kit/pkcs11.h").exists());
-    assert!(
-        header_found,
-        "<p11-kit/pkcs11.h> not found: install libp11-kit-dev (scripts/test.sh does)"
-    );
-    flags
-}
 
 struct Run {
     status: ExitStatus,
@@ -205,7 +147,7 @@ fn module_arg() -> String {
 fn client_through_p11gate_with_softhsm_upstream() {
     let hsm = SoftHsm::new();
     hsm.init_token("c-client");
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let module = module_arg();
     let run = run(
         &client,
@@ -224,7 +166,7 @@ fn client_through_p11gate_with_softhsm_upstream() {
 fn client_directly_against_softhsm() {
     let hsm = SoftHsm::new();
     hsm.init_token("c-direct");
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let softhsm = common::softhsm_module().display().to_string();
     let run = run(
         &client,
@@ -258,7 +200,7 @@ fn p11gate_answers_the_common_checks_like_softhsm() {
 
     let hsm = SoftHsm::new();
     hsm.init_token("c-same");
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let softhsm = common::softhsm_module().display().to_string();
     let direct = run(
         &client,
@@ -338,7 +280,7 @@ fn spy_calls_returning(log: &str, rv_name: &str) -> Vec<String> {
 #[test]
 fn p11gate_offers_pkcs11_3_0_when_the_upstream_does() {
     let hsm = SoftHsm::new();
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let spy_log = hsm.dir().join("spy.log");
     let env = spy_env(&hsm, OPENSC, &spy_log);
     let module = module_arg();
@@ -360,7 +302,7 @@ fn p11gate_offers_pkcs11_3_0_when_the_upstream_does() {
 fn client_through_p11gate_with_pkcs11_spy_in_front_of_softhsm() {
     let hsm = SoftHsm::new();
     hsm.init_token("c-spy");
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let spy_log = hsm.dir().join("spy.log");
     let softhsm = common::softhsm_module().display().to_string();
     let env = spy_env(&hsm, &softhsm, &spy_log);
@@ -395,7 +337,7 @@ fn client_through_p11gate_with_pkcs11_spy_in_front_of_softhsm() {
 fn p11gate_offers_only_2_40_when_the_upstream_is_softhsm() {
     let hsm = SoftHsm::new();
     hsm.init_token("c-240");
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let module = module_arg();
     let run = run(
         &client,
@@ -431,7 +373,7 @@ fn p11gate_offers_only_2_40_when_the_upstream_is_softhsm() {
 #[test]
 fn missing_upstream_fails_c_initialize_and_says_why() {
     let hsm = SoftHsm::new();
-    let client = compile("client", hsm.dir());
+    let client = common::compile_c("client", hsm.dir());
     let mut env = hsm.gate_env();
     env.retain(|(k, _)| k != "P11GATE_UPSTREAM" && k != "P11GATE_LOG");
     env.push(("P11GATE_UPSTREAM".into(), "/nonexistent/x.so".into()));
@@ -472,7 +414,7 @@ fn assert_forks_pass(run: &Run, forks: usize) {
 fn fork_while_threads_are_inside_softhsm_through_p11gate() {
     let hsm = SoftHsm::new();
     hsm.init_token("c-fork");
-    let fork = compile("fork", hsm.dir());
+    let fork = common::compile_c("fork", hsm.dir());
     let module = module_arg();
     // With an audit file: each child's C_Initialize starts a queue and writer of its own (the
     // parent's writer thread does not exist in the child), and all processes append to the
@@ -538,7 +480,7 @@ fn fork_while_threads_are_inside_the_soft_token() {
         ("P11_USER_PIN".into(), SOFT_USER_PIN.into()),
     ];
     init_soft_token(&env, "c-fork-soft");
-    let fork = compile("fork", home.path());
+    let fork = common::compile_c("fork", home.path());
     let forks = FORKS.to_string();
     let run = run(
         &fork,
@@ -615,7 +557,7 @@ fn measures(run: &Run) -> std::collections::BTreeMap<usize, (i64, i64)> {
 
 /// Runs cycles.c with `env` and checks that memory and descriptors stay flat.
 fn assert_cycles_leak_nothing(env: &[(String, String)], dir: &Path, label: &str) {
-    let cycles = compile("cycles", dir);
+    let cycles = common::compile_c("cycles", dir);
     let n = CYCLES.to_string();
     let (base, middle) = (CYCLES_BASELINE.to_string(), CYCLES_MIDDLE.to_string());
     let args = [
@@ -711,7 +653,7 @@ fn initialize_finalize_cycles_leak_nothing_on_the_soft_token() {
 fn dlclose_without_finalize_exits_cleanly() {
     let hsm = common::SoftHsm::new();
     hsm.init_token("c-unload");
-    let unload = compile("unload", hsm.dir());
+    let unload = common::compile_c("unload", hsm.dir());
     let module = common::module().display().to_string();
     let r = run(&unload, &[&module], &hsm.gate_env(), hsm.dir());
     assert_eq!(r.stdout, "unloaded, exiting\n", "stderr: {}", r.stderr);
