@@ -14,11 +14,10 @@
 
 mod common;
 
-use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -124,31 +123,14 @@ token_label = "plain"
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let out_path = dir.join(format!("{scenario}.stdout"));
-        let err_path = dir.join(format!("{scenario}.stderr"));
-        let mut child = common::child_test_command(SCENARIO_VAR, scenario, &env)
-            .stdin(Stdio::null())
-            .stdout(File::create(&out_path).expect("create stdout file"))
-            .stderr(File::create(&err_path).expect("create stderr file"))
-            .spawn()
-            .expect("spawn the scenario's child process");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for the child") {
-                break status;
-            }
-            if start.elapsed() > CHILD_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "scenario {scenario} hung: no exit after {CHILD_TIMEOUT:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = std::fs::read_to_string(&out_path).expect("read stdout");
-        let stderr = std::fs::read_to_string(&err_path).expect("read stderr");
+        let (status, stdout, stderr) = common::run_child_scenario(
+            SCENARIO_VAR,
+            scenario,
+            &env,
+            dir,
+            CHILD_TIMEOUT,
+            Some(&log),
+        );
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             status.success() && stdout.contains(&format!("scenario {scenario} finished\n")),

@@ -142,6 +142,47 @@ pub fn in_process(env: &[(String, String)]) -> MutexGuard<'static, ()> {
     guard
 }
 
+/// Runs [`child_test_command`] for `scenario` with its output in `dir/<scenario>.stdout` and
+/// `.stderr`, and returns (exit status, stdout, stderr). A child still running after `timeout`
+/// is killed and the test fails, showing the file `hang_detail` (its stderr, or a log).
+pub fn run_child_scenario(
+    var: &str,
+    scenario: &str,
+    env: &[(String, String)],
+    dir: &Path,
+    timeout: std::time::Duration,
+    hang_detail: Option<&Path>,
+) -> (std::process::ExitStatus, String, String) {
+    use std::fs::File;
+    use std::process::Stdio;
+    let out_path = dir.join(format!("{scenario}.stdout"));
+    let err_path = dir.join(format!("{scenario}.stderr"));
+    let mut child = child_test_command(var, scenario, env)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("create stdout file"))
+        .stderr(File::create(&err_path).expect("create stderr file"))
+        .spawn()
+        .expect("spawn the scenario's child process");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "scenario {scenario} hung: no exit after {timeout:?}\n{}",
+                std::fs::read_to_string(hang_detail.unwrap_or(&err_path)).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let stdout = std::fs::read_to_string(&out_path).expect("read stdout");
+    let stderr = std::fs::read_to_string(&err_path).expect("read stderr");
+    (status, stdout, stderr)
+}
+
 /// A command that runs this test binary again as a child for one scenario: only the ignored
 /// test `child_process` runs, with exactly `env` (plus PATH) and `var=scenario` telling it
 /// which scenario to play.
